@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically (temp file + rename), verified when read, rebuilt into a model by variant name."""
+import os
+from pathlib import Path
+
+import torch
+
+import variants  # noqa: F401  (registers every variant)
+from model import get_variant
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "variant", "model_args", "model")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def atomic_save(obj, path):
+    """torch.save to a temp name in the same directory, fsync, then rename: a crash leaves the old file intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load(path, map_location="cpu"):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0]})")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise CheckpointError(f"checkpoint {path} lacks the keys {', '.join(REQUIRED_KEYS)}: not a checkpoint of ours")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format {ckpt['format_version']}, expected {FORMAT_VERSION}")
+    return ckpt
+
+
+def build_model(ckpt, path="checkpoint", **overrides):
+    """Instantiate the checkpoint's variant with its saved config (plus overrides such as dropout) and weights."""
+    try:
+        cls = get_variant(ckpt["variant"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    args = dict(ckpt["model_args"], **overrides)
+    try:
+        config = cls.config_class(**args)
+    except TypeError as e:
+        raise CheckpointError(f"{path}: saved config does not fit variant {ckpt['variant']!r}: {e}") from None
+    model = cls(config)
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the saved config: {str(e).splitlines()[1].strip()}")
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match variant {ckpt['variant']!r} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model

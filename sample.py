@@ -1,0 +1,103 @@
+"""
+Generate text from a trained checkpoint (or from GPT-2 weights):
+
+    python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=2 --max_new_tokens=200
+    python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0 --top_k=None
+    python sample.py --init_from=gpt2 --start="The meaning of life is"
+
+The tokenizer is the one the run's data was prepared with (stored in the checkpoint).
+"""
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import checkpoint
+import configurator
+from data.common import DataError, get_tokenizer
+from model import get_variant
+
+
+@dataclass
+class SampleConfig:
+    init_from: str = "resume"  # "resume": out_dir/<ckpt>; or an HF GPT-2 name / local HF directory
+    out_dir: str = "out"
+    ckpt: str = "ckpt.pt"  # or best.pt
+    start: str = "\n"  # prompt text, or FILE:path to read it from a file
+    num_samples: int = 3
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int | None = 200
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"  # bfloat16 on CUDA, float32 on CPU
+    use_cache: bool = True
+
+
+def fail(message, code=1):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def load_model(cfg):
+    """(model, tokenizer) from a checkpoint of ours or from Hugging Face GPT-2 weights."""
+    if cfg.init_from == "resume":
+        path = Path(cfg.out_dir) / cfg.ckpt
+        ckpt = checkpoint.load(path)
+        model = checkpoint.build_model(ckpt, path, dropout=0.0)
+        meta = ckpt.get("data_meta")
+        if meta is None:
+            raise checkpoint.CheckpointError(f"{path} records no data meta, so its tokenizer is unknown")
+        return model, get_tokenizer(meta)
+    model = get_variant("gpt").from_pretrained(cfg.init_from)
+    return model, get_tokenizer({"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256})
+
+
+def read_prompt(start):
+    if start.startswith("FILE:"):
+        path = Path(start[5:])
+        if not path.is_file():
+            raise DataError(f"prompt file {path} not found")
+        start = path.read_text(encoding="utf-8")
+    if start == "":
+        raise DataError("the prompt is empty; give --start=TEXT (or FILE:path) with at least one character")
+    return start
+
+
+def main(argv):
+    try:
+        cfg, _, _ = configurator.resolve(argv, SampleConfig, model=False)
+        if cfg.num_samples < 1 or cfg.max_new_tokens < 0 or cfg.temperature < 0:
+            raise configurator.ConfigError("num_samples must be >= 1, max_new_tokens >= 0 and temperature >= 0")
+        if cfg.top_k is not None and cfg.top_k < 1:
+            raise configurator.ConfigError(f"top_k must be >= 1 or None, got {cfg.top_k}")
+    except configurator.ConfigError as e:
+        fail(e, 2)
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    try:
+        model, tok = load_model(cfg)
+        prompt = tok.encode(read_prompt(cfg.start))
+    except (checkpoint.CheckpointError, DataError, OSError, ValueError) as e:
+        fail(e)
+    if len(prompt) > model.config.block_size:
+        fail(f"the prompt is {len(prompt)} tokens but the model's context is {model.config.block_size}")
+    if max(prompt) >= model.config.vocab_size:
+        fail(f"the prompt has token id {max(prompt)} outside the model's vocabulary of {model.config.vocab_size}")
+
+    model.eval().to(device)
+    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    x = torch.tensor(prompt, dtype=torch.long, device=device)[None]
+    with ctx:
+        for _ in range(cfg.num_samples):
+            y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                               use_cache=cfg.use_cache, generator=gen)
+            print(tok.decode(y[0].tolist()))
+            print("---------------")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

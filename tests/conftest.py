@@ -1,0 +1,42 @@
+"""Shared test setup: the repo on sys.path, tiktoken pointed at ../shared/tiktoken_cache, small real datasets."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(REPO))
+if (SHARED / "tiktoken_cache").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def need_shared(*parts):
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared beside the repo holds the real test data)")
+    return path
+
+
+def run(args, cwd=REPO, timeout=600, env=None, check=True):
+    """Run a project command as a user would (python from this interpreter), returning the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run([sys.executable, *args] if args[0].endswith(".py") else args, cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                             f"stderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def shakespeare_dir(tmp_path_factory):
+    """tiny Shakespeare prepared by the real prepare script into a temp dir."""
+    src = need_shared("data", "shakespeare", "input.txt")
+    out = tmp_path_factory.mktemp("shakespeare_char")
+    run(["data/shakespeare_char/prepare.py", "--source", str(src), "--out_dir", str(out)])
+    return out

@@ -1,0 +1,79 @@
+"""The config surface: files + --key=value overrides, checked against the declared fields."""
+from dataclasses import dataclass
+
+import pytest
+
+import configurator
+from configurator import ConfigError, resolve
+
+
+@dataclass
+class Entry:
+    variant: str = "gpt"
+    learning_rate: float = 1e-3
+    max_iters: int = 10
+    compile: bool = False
+    device: str = "cpu"
+    top_k: int | None = 5
+    windows: list[int] | None = None
+
+
+def test_overrides_are_literals_or_strings():
+    entry, model, keys = resolve(["--learning_rate=3e-4", "--max_iters=7", "--compile=True", "--device=cuda:1",
+                                  "--n_layer=3", "--n_embd=48", "--n_head=4", "--top_k=None"], Entry)
+    assert (entry.learning_rate, entry.max_iters, entry.compile, entry.device, entry.top_k) == (3e-4, 7, True,
+                                                                                               "cuda:1", None)
+    assert (model.n_layer, model.n_embd, model.n_head) == (3, 48, 4)
+    assert {"learning_rate", "n_layer"} <= keys
+
+
+def test_int_for_float_is_fine_and_lists_are_checked():
+    entry, _, _ = resolve(["--learning_rate=1", "--windows=[4, 8]"], Entry)
+    assert entry.learning_rate == 1.0 and isinstance(entry.learning_rate, float)
+    assert entry.windows == [4, 8]
+    with pytest.raises(ConfigError, match="windows expects"):
+        resolve(["--windows=[4, 'x']"], Entry)
+
+
+def test_unknown_key_names_close_matches():
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rat'.*did you mean learning_rate"):
+        resolve(["--learning_rat=1e-3"], Entry)
+    with pytest.raises(ConfigError, match="unknown config key 'n_layers'.*n_layer"):
+        resolve(["--n_layers=2"], Entry)
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--max_iters=1.5", "max_iters expects int, got 1.5"),
+    ("--compile=1", "compile expects bool, got 1"),
+    ("--n_layer=two", "n_layer expects int, got 'two'"),
+    ("--learning_rate=True", "learning_rate expects float"),
+    ("--max_iters", "expected --key=value"),
+])
+def test_wrong_types_name_the_key(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve([arg], Entry)
+
+
+def test_config_files_then_overrides(tmp_path):
+    f = tmp_path / "cfg.py"
+    f.write_text("import math\nmax_iters = 3\nlearning_rate = math.sqrt(4e-6)\nn_layer = 5\n")
+    entry, model, _ = resolve([str(f), "--max_iters=9"], Entry)
+    assert (entry.max_iters, entry.learning_rate, model.n_layer) == (9, 2e-3, 5)
+    bad = tmp_path / "bad.py"
+    bad.write_text("max_iters = 1/0\n")
+    with pytest.raises(ConfigError, match="bad.py failed: ZeroDivisionError"):
+        resolve([str(bad)], Entry)
+    with pytest.raises(ConfigError, match="config file nope.py not found"):
+        resolve(["nope.py"], Entry)
+
+
+def test_model_validation_and_unknown_variant():
+    with pytest.raises(ConfigError, match="n_head=5 must divide n_embd=768"):
+        resolve(["--n_head=5"], Entry)
+    with pytest.raises(ValueError, match="unknown variant 'gtp'"):
+        resolve(["--variant=gtp"], Entry)
+
+
+def test_entry_without_model_rejects_model_keys():
+    with pytest.raises(ConfigError, match="unknown config key 'n_layer'"):
+        configurator.resolve(["--n_layer=2"], Entry, model=False)

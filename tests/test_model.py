@@ -1,0 +1,172 @@
+"""The baseline GPT: causality, path equivalence, cached generation, HF GPT-2 parity, init, FLOP accounting."""
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import variants  # noqa: F401
+from model import GPT, AttnMask, GPTConfig, dense_attention, get_variant, sdpa_attention
+
+TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.0)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{**TINY, **kw}))
+
+
+def future_gradient(model, idx, t):
+    """Max |d logits[:, t] / d embedding of tokens after t|, and the same for tokens up to t."""
+    grabbed = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        grabbed["emb"] = output
+
+    handle = model.transformer.wte.register_forward_hook(keep)
+    logits, _ = model(idx)
+    handle.remove()
+    logits[:, t].pow(2).sum().backward()
+    g = grabbed["emb"].grad.abs()
+    return g[:, t + 1:].max().item(), g[:, :t + 1].max().item()
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "dense"])
+def test_causal_by_gradients(impl):
+    model = tiny(attn_impl=impl)
+    idx = torch.randint(0, 50, (2, 16))
+    for t in (0, 7, 14):
+        future, past = future_gradient(model, idx, t)
+        assert future == 0.0
+        assert past > 0.0
+
+
+def test_fast_and_dense_paths_agree_with_gradients():
+    idx = torch.randint(0, 50, (3, 20))
+    tgt = torch.randint(0, 50, (3, 20))
+    outs = []
+    for impl in ("sdpa", "dense"):
+        model = tiny(attn_impl=impl)
+        logits, loss = model(idx, tgt)
+        loss.backward()
+        outs.append((logits, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
+    for name in outs[0][1]:
+        torch.testing.assert_close(outs[0][1][name], outs[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("mask", [
+    AttnMask(causal=True, q_offset=3),
+    AttnMask(causal=True, window=3),
+    AttnMask(causal=False, allowed=torch.rand(5, 8) > 0.3),
+])
+def test_kernels_agree_on_general_masks(mask):
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
+    if mask.allowed is not None:
+        mask.allowed[:, 0] = True  # every query keeps a key
+    if mask.q_offset:
+        k, v = k[:, :, :8], v[:, :, :8]
+    bias = torch.randn(2, 5, 8, requires_grad=True)
+    for b in (None, bias):
+        mask.bias = b
+        torch.testing.assert_close(sdpa_attention(q, k, v, mask), dense_attention(q, k, v, mask), atol=1e-5, rtol=1e-4)
+
+
+def test_window_mask_semantics():
+    keep = AttnMask(causal=True, window=3).dense_allowed(5, 5, "cpu")
+    expected = torch.tensor([[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1]])
+    assert torch.equal(keep, expected.bool())
+
+
+@pytest.mark.parametrize("prompt_len,new", [(1, 20), (5, 10), (10, 30)])  # the last one outgrows block_size
+def test_cached_greedy_equals_uncached(prompt_len, new):
+    model = tiny().eval()
+    idx = torch.randint(0, 50, (2, prompt_len))
+    a = model.generate(idx, new, temperature=0, use_cache=True)
+    b = model.generate(idx, new, temperature=0, use_cache=False)
+    assert a.shape == (2, prompt_len + new)
+    assert torch.equal(a, b)
+
+
+def test_cached_logits_match_full_forward():
+    model = tiny().eval()
+    idx = torch.randint(0, 50, (2, 12))
+    full, _ = model(idx)
+    caches = model.make_caches(2, "cpu", torch.float32)
+    steps = [model(idx[:, :5], caches=caches, last_only=True)[0]]
+    for t in range(5, 12):
+        steps.append(model(idx[:, t:t + 1], caches=caches, pos_offset=t, last_only=True)[0])
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 4:], atol=1e-5, rtol=1e-4)
+
+
+def test_sampling_respects_top_k_and_seed():
+    model = tiny().eval()
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    a = model.generate(idx, 8, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(3))
+    greedy = model.generate(idx, 8, temperature=0)
+    assert torch.equal(a, greedy)  # top-1 sampling is greedy
+    s1 = model.generate(idx, 8, temperature=1.5, top_k=10, generator=torch.Generator().manual_seed(5))
+    s2 = model.generate(idx, 8, temperature=1.5, top_k=10, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(s1, s2)
+
+
+def test_gpt2_init_scales_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=16, vocab_size=1000))
+    std_proj = model.transformer.h[0].attn.c_proj.weight.std().item()
+    std_fc = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert abs(std_fc - 0.02) < 0.001
+    assert abs(std_proj - 0.02 / math.sqrt(16)) < 0.0005
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_registry_errors_name_close_matches():
+    assert get_variant("gpt") is GPT
+    with pytest.raises(ValueError, match="did you mean gpt"):
+        get_variant("gtp")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="n_head=5 must divide n_embd=32"):
+        GPT(GPTConfig(**{**TINY, "n_head": 5}))
+    model = tiny()
+    with pytest.raises(ValueError, match="block_size is 24"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+
+
+def test_flops_match_flop_counter():
+    model = tiny(attn_impl="dense")
+    T = 24
+    idx = torch.randint(0, 50, (1, T))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(idx)
+    f = model.flops_per_token(T)
+    c = model.config
+    dense_attention_flops = c.n_layer * 4 * c.n_embd * T * T  # the reference path computes every (i, j) pair
+    assert counter.get_total_flops() == f["matmul"] * T + dense_attention_flops
+    # the analytic attention count is over the causal triangle only
+    assert f["attention"] * T == c.n_layer * 4 * c.n_embd * T * (T + 1) / 2
+
+
+def test_hf_gpt2_import_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=40, vocab_size=97,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    with torch.no_grad():  # non-trivial biases and norms so a transposition or tying bug shows
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.save_pretrained(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        ours, _ = model(idx)
+        theirs = hf(idx).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    cropped = GPT.from_pretrained(str(tmp_path), block_size=16)
+    assert cropped.config.block_size == 16 and cropped.transformer.wpe.weight.shape[0] == 16
+    with pytest.raises(ValueError, match="exceeds the checkpoint's 40"):
+        GPT.from_pretrained(str(tmp_path), block_size=64)

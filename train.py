@@ -1,0 +1,386 @@
+"""
+Train any registered variant. Single process:
+
+    python train.py config/train_shakespeare_char_cpu.py
+    python train.py config/train_enwik8.py --n_layer=8 --compile=False
+
+DDP (nccl on CUDA, gloo on CPU), every rank reading different batches:
+
+    torchrun --standalone --nproc_per_node=8 train.py config/train_wikitext103.py
+
+Every key of config files and --key=value overrides is checked (see configurator.py). The resolved config is printed
+and written to out_dir/config.json; metrics go to out_dir/metrics.jsonl (plot them with plot.py).
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import checkpoint
+import configurator
+from data.common import DataError, load_meta, open_split
+from model import get_variant
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    overwrite: bool = False  # a scratch run refuses to replace an existing out_dir/ckpt.pt unless this is set
+    eval_interval: int = 2000
+    log_interval: int = 1
+    eval_iters: int = 200
+    eval_only: bool = False
+    always_save_checkpoint: bool = True  # write ckpt.pt at every eval, not only when val improves
+    init_from: str = "scratch"  # "scratch", "resume" (out_dir/ckpt.pt), or an HF GPT-2 name / local HF directory
+    # logging
+    wandb_log: bool = False
+    wandb_project: str = "attention-variants"
+    wandb_run_name: str = "run"
+    # data
+    dataset: str = "shakespeare_char"
+    data_dir: str = ""  # default: data/<dataset>
+    gradient_accumulation_steps: int = 1  # total over all ranks
+    batch_size: int = 12  # per micro-step per rank
+    # model
+    variant: str = "gpt"
+    # AdamW
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    # learning-rate schedule: linear warmup, then cosine to min_lr at lr_decay_iters
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    # system
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 on CPU; or float32 / bfloat16 / float16
+    compile: bool = False
+    seed: int = 1337
+
+    def validate(self):
+        checks = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.eval_iters >= 1, f"eval_iters must be >= 1, got {self.eval_iters}"),
+            (self.eval_interval >= 1, f"eval_interval must be >= 1, got {self.eval_interval}"),
+            (self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}"),
+            (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}"),
+            (not self.decay_lr or self.lr_decay_iters > self.warmup_iters,
+             f"lr_decay_iters ({self.lr_decay_iters}) must exceed warmup_iters ({self.warmup_iters})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise configurator.ConfigError(message)
+
+
+def fail(message, code=1):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data: random blocks from the memmap, drawn by a generator seeded per micro-batch, so the batch stream depends only
+# on (seed, global micro-batch index): resuming and changing the number of ranks reproduce it exactly.
+
+class BatchSampler:
+    def __init__(self, data_dir, meta, block_size, batch_size, seed, device):
+        self.data_dir, self.meta = data_dir, meta
+        self.block_size, self.batch_size, self.seed, self.device = block_size, batch_size, seed, device
+        for split in ("train", "val"):
+            n = len(open_split(data_dir, split, meta))
+            if n <= block_size:
+                raise DataError(f"{data_dir}/{split}.bin has {n} tokens, fewer than block_size+1 = {block_size + 1}")
+
+    def get(self, split, index):
+        # a fresh memmap per batch, as nanoGPT does, so pages do not pile up in resident memory
+        data = np.memmap(Path(self.data_dir) / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
+        stream = {"train": 0, "val": 1, "test": 2}[split]
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + stream) * 1_000_000_007 + index)
+        ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=g).tolist()
+        x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in ix]).astype(np.int64))
+        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in ix]).astype(np.int64))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+def summarize_eval(meta, loss):
+    """Loss in nats/token plus the unit researchers quote for this tokenizer."""
+    out = {"loss": loss}
+    if meta["tokenizer"] in ("byte", "char"):
+        out["bpc"] = loss / math.log(2)
+    else:
+        out["ppl"] = math.exp(min(loss, 50.0))
+    return out
+
+
+def get_lr(cfg, it):
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model, cfg, device_type):
+    """AdamW; weight decay only on >= 2-D tensors (matmul weights, embeddings), never on biases, norms, gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device_type == "cuda"  # the fused CUDA kernel saves a launch per tensor; on CPU foreach is as fast
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+class MetricsLog:
+    """One JSON object per line in out_dir/metrics.jsonl; optional wandb mirror that never breaks the run."""
+
+    def __init__(self, path, cfg, resolved, enabled):
+        self.enabled = enabled
+        self.file = open(path, "a", encoding="utf-8") if enabled else None
+        self.wandb = None
+        if enabled and cfg.wandb_log:
+            try:
+                import wandb
+                self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=resolved,
+                                        settings=wandb.Settings(init_timeout=30))
+            except Exception as e:  # no network, no login, no package: keep training
+                print(f"warning: wandb disabled ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+    def write(self, record):
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            try:
+                self.wandb.log(record, step=record["iter"])
+            except Exception as e:
+                print(f"warning: wandb log failed, disabling it ({type(e).__name__})")
+                self.wandb = None
+
+
+def main(argv):
+    # ---- config: everything is validated before anything touches out_dir
+    try:
+        cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig)
+        cfg.validate()
+    except (configurator.ConfigError, ValueError) as e:
+        fail(e, 2)
+    data_dir = cfg.data_dir or os.path.join("data", cfg.dataset)
+    try:
+        meta = load_meta(data_dir)
+    except DataError as e:
+        fail(e)
+
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    device_name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if ddp:
+        backend = "nccl" if device_name.startswith("cuda") else "gloo"
+        init_process_group(backend=backend, timeout=timedelta(minutes=10))  # a dead rank ends the others, no hang
+        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if device_name.startswith("cuda"):
+            device_name = f"cuda:{local_rank}"
+            torch.cuda.set_device(device_name)
+        if cfg.gradient_accumulation_steps % world:
+            fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple of the "
+                 f"{world} ranks", 2)
+    else:
+        rank, world = 0, 1
+    master = rank == 0
+    device = torch.device(device_name)
+    accum = cfg.gradient_accumulation_steps // world
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.type, dtype=ptdtype)
+    torch.manual_seed(cfg.seed + rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- model
+    cls = get_variant(cfg.variant)
+    requested_block_size = model_cfg.block_size
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / "ckpt.pt"
+    iter_num, best_val_loss, ckpt = 0, float("inf"), None
+    try:
+        if cfg.init_from == "scratch":
+            if ckpt_path.exists() and not cfg.overwrite and not cfg.eval_only:
+                fail(f"{ckpt_path} exists; use --init_from=resume to continue that run or --overwrite=True to "
+                     f"start over", 2)
+            if "vocab_size" not in explicit:
+                model_cfg.vocab_size = cls.model_vocab_size(meta["vocab_size"])
+            elif model_cfg.vocab_size < meta["vocab_size"]:
+                fail(f"vocab_size={model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
+            model = cls(model_cfg)
+        elif cfg.init_from == "resume":
+            ckpt = checkpoint.load(ckpt_path, map_location="cpu")
+            if ckpt["variant"] != cfg.variant:
+                fail(f"{ckpt_path} is a {ckpt['variant']!r} checkpoint but variant={cfg.variant!r}", 2)
+            # architecture comes from the checkpoint; only dropout may differ when resuming
+            model = checkpoint.build_model(ckpt, ckpt_path, dropout=model_cfg.dropout)
+            model_cfg = model.config
+            iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        else:
+            overrides = {"dropout": model_cfg.dropout}
+            if "block_size" in explicit:
+                overrides["block_size"] = model_cfg.block_size
+            model = cls.from_pretrained(cfg.init_from, **overrides)
+            model_cfg = model.config
+    except (checkpoint.CheckpointError, ValueError, OSError) as e:
+        fail(e)
+    if meta["vocab_size"] > model_cfg.vocab_size:
+        fail(f"the model's vocab_size {model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
+    if "block_size" in explicit and requested_block_size > model_cfg.block_size:
+        fail(f"block_size={requested_block_size} exceeds the checkpoint's {model_cfg.block_size}", 2)
+    try:
+        sampler = BatchSampler(data_dir, meta, model_cfg.block_size, cfg.batch_size, cfg.seed, device)
+    except DataError as e:
+        fail(e)
+    model.to(device)
+
+    resolved = {**asdict(cfg), **asdict(model_cfg), "world_size": world, "resolved_dtype": dtype,
+                "data_dir": data_dir}
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in resolved.items()))
+        tmp = out_dir / ".config.json.tmp"
+        tmp.write_text(json.dumps(resolved, indent=1) + "\n")
+        os.replace(tmp, out_dir / "config.json")
+        tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * model_cfg.block_size
+        print(f"variant {cfg.variant}: {model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens/iter")
+
+    optimizer = make_optimizer(model, cfg, device.type)
+    if ckpt is not None and "optimizer" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    scaler = torch.amp.GradScaler(device.type, enabled=(ptdtype == torch.float16))
+    raw_model = model
+    if cfg.compile:
+        if master:
+            print("compiling the model...")
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    log = MetricsLog(out_dir / "metrics.jsonl", cfg, resolved, enabled=master)
+
+    def forward(batch):
+        with autocast:
+            return model(**batch)
+
+    @torch.no_grad()
+    def evaluate():
+        """Mean eval metrics over eval_iters fixed batches per split, shared out across ranks."""
+        model.eval()
+        results = {}
+        for split in ("train", "val"):
+            sums = {}
+            for k in range(rank, cfg.eval_iters, world):
+                batch = raw_model.prepare_batch(*sampler.get(split, k))
+                logits, _ = forward(batch)
+                for name, (total, count) in raw_model.eval_metrics(logits, **batch).items():
+                    s = sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=device))
+                    s += torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device),
+                                      torch.as_tensor(count, dtype=torch.float64, device=device)])
+            for name in sorted(sums):
+                if ddp:
+                    torch.distributed.all_reduce(sums[name])
+                total, count = sums[name].tolist()
+                results[f"{split}/{name}"] = total / max(count, 1.0)
+            results.update({f"{split}/{k}": v for k, v in summarize_eval(meta, results[f"{split}/loss"]).items()})
+        model.train()
+        return results
+
+    def save(path, iter_num, best_val_loss):
+        state = {"format_version": checkpoint.FORMAT_VERSION, "variant": cfg.variant,
+                 "model_args": asdict(model_cfg), "model": raw_model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
+                 "config": resolved, "data_meta": meta}
+        checkpoint.atomic_save(state, path)
+
+    # ---- training loop
+    micro_index = lambda it, micro: (it * accum + micro) * world + rank  # global micro-batch id: rank-independent
+    batch = raw_model.prepare_batch(*sampler.get("train", micro_index(iter_num, 0)))
+    t0, local_iter, running_tps = time.time(), 0, -1.0
+    while True:
+        lr = get_lr(cfg, iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if iter_num % cfg.eval_interval == 0 or cfg.eval_only or iter_num == cfg.max_iters:
+            results = evaluate()
+            if master:
+                shown = " ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith(("loss", "bpc", "ppl")))
+                print(f"step {iter_num}: {shown}")
+                log.write({"iter": iter_num, "kind": "eval", "lr": lr, **results,
+                           **{f"model/{k}": v for k, v in raw_model.log_metrics().items()}})
+                val = results["val/loss"]
+                improved = val < best_val_loss
+                best_val_loss = min(best_val_loss, val)
+                if iter_num > 0 and not cfg.eval_only:
+                    if improved:
+                        save(out_dir / "best.pt", iter_num, best_val_loss)
+                    if improved or cfg.always_save_checkpoint:
+                        save(ckpt_path, iter_num, best_val_loss)
+                        print(f"saved checkpoint to {ckpt_path}")
+        if cfg.eval_only or iter_num >= cfg.max_iters:
+            break
+
+        for micro in range(accum):
+            if ddp:  # all-reduce gradients only on the last micro-step
+                model.require_backward_grad_sync = micro == accum - 1
+            _, loss = forward(batch)
+            loss = loss / accum
+            batch = raw_model.prepare_batch(*sampler.get("train", micro_index(
+                iter_num + (micro + 1) // accum, (micro + 1) % accum)))  # prefetch while the backward runs
+            scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        else:
+            grad_norm = torch.tensor(0.0)
+        lossf = loss.item() * accum
+        if not math.isfinite(lossf) or not math.isfinite(float(grad_norm)):
+            fail(f"non-finite loss ({lossf}) or gradient norm ({float(grad_norm)}) at iter {iter_num}; "
+                 f"the last good checkpoint {ckpt_path} is kept")
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        t1 = time.time()
+        dt, t0 = t1 - t0, t1
+        if iter_num % cfg.log_interval == 0 and master:
+            tps = cfg.gradient_accumulation_steps * cfg.batch_size * model_cfg.block_size / dt
+            if local_iter >= 5:  # skip the first iterations (compilation, warm-up) in the running average
+                running_tps = tps if running_tps < 0 else 0.9 * running_tps + 0.1 * tps
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, tok/s {tps:,.0f}")
+            log.write({"iter": iter_num, "kind": "train", "loss": lossf, "lr": lr, "grad_norm": float(grad_norm),
+                       "dt_ms": dt * 1000, "tokens_per_s": tps})
+        iter_num += 1
+        local_iter += 1
+
+    if ddp:
+        destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
