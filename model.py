@@ -67,43 +67,79 @@ def get_variant(name):
 
 @dataclass
 class AttnMask:
-    """Which (query, key) pairs may interact, plus an optional additive score bias.
+    """Which (query, key) pairs may interact, plus optional additive score biases.
 
-    Query i (0-based within the call) sits at absolute position q_offset + i; key j at absolute position j.
-    causal: key j allowed only if j <= q_offset + i.  window: additionally q_offset + i - j < window.
-    allowed: an explicit bool (Tq, Tk) pattern ANDed with the rest (duo, padding...).
-    bias: an additive float term (broadcastable to (B, H, Tq, Tk)); may require grad (learned log-masks, DeBERTa).
+    Query i (0-based within the call) sits at absolute position q_offset + i; key j at absolute position j; their
+    distance is d = q_offset + i - j.
+    causal:        only d >= 0.
+    window:        only d < window (sliding windows).
+    distance_bias: (H, D) additive bias by distance, d in [0, D); implies window D. Learned log-masks such as adaptive
+                   span and periodic masking are functions of distance, so blocked kernels can slice them for free.
+    allowed:       an explicit bool (Tq, Tk) pattern ANDed with the rest (duo, padding...).
+    bias:          an additive float term broadcastable to (B, H, Tq, Tk), may require grad (DeBERTa).
+    block:         query block size of the blocked fast path (window-limited masks only).
     """
     causal: bool = True
     window: int | None = None
     q_offset: int = 0
+    distance_bias: torch.Tensor | None = None
     allowed: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    block: int = 128
 
     def is_plain_causal(self):
-        return self.causal and self.window is None and self.allowed is None and self.bias is None
+        return (self.causal and self.window is None and self.distance_bias is None and self.allowed is None
+                and self.bias is None)
+
+    def reach(self):
+        """Largest distance that can be attended (+1), or None if unlimited."""
+        limits = [w for w in (self.window, None if self.distance_bias is None else self.distance_bias.size(-1))
+                  if w is not None]
+        return min(limits) if limits else None
+
+    def distances(self, Tq, Tk, device):
+        return (torch.arange(Tq, device=device)[:, None] + self.q_offset) - torch.arange(Tk, device=device)[None, :]
 
     def dense_allowed(self, Tq, Tk, device):
         """The (Tq, Tk) bool matrix of allowed pairs (or None if everything is allowed)."""
-        keep = self.allowed
-        if self.causal or self.window is not None:
-            qpos = torch.arange(Tq, device=device)[:, None] + self.q_offset
-            kpos = torch.arange(Tk, device=device)[None, :]
-            dist = qpos - kpos
+        keep, reach = self.allowed, self.reach()
+        if self.causal or reach is not None:
+            dist = self.distances(Tq, Tk, device)
             geo = dist >= 0 if self.causal else torch.ones_like(dist, dtype=torch.bool)
-            if self.window is not None:
-                geo = geo & (dist < self.window)
+            if reach is not None:
+                geo = geo & (dist < reach)
             keep = geo if keep is None else keep & geo
         return keep
 
+    def dense_bias(self, Tq, Tk, device):
+        """The additive (.., Tq, Tk) score bias (or None): bias plus distance_bias gathered at each pair's distance."""
+        total = self.bias
+        if self.distance_bias is not None:
+            D = self.distance_bias.size(-1)
+            dist = self.distances(Tq, Tk, device).clamp(0, D - 1)
+            by_distance = self.distance_bias[:, dist]  # (H, Tq, Tk); out-of-range pairs are disallowed anyway
+            total = by_distance if total is None else total + by_distance
+        return total
+
+    def restrict(self, qs, qe, ks, ke):
+        """The same mask for queries [qs, qe) and keys [ks, ke) only (distances are unchanged by the shift)."""
+        def cut(t):  # broadcast (size-1) dimensions stay as they are
+            if t is None:
+                return None
+            return t[..., slice(qs, qe) if t.size(-2) > 1 else slice(None), slice(ks, ke) if t.size(-1) > 1 else slice(None)]
+        return AttnMask(causal=self.causal, window=self.window, q_offset=self.q_offset + qs - ks,
+                        distance_bias=self.distance_bias, allowed=cut(self.allowed), bias=cut(self.bias), block=0)
+
 
 def dense_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None, return_weights=False):
-    """Reference attention: explicit scores -> mask -> softmax -> dropout -> @v. Readable and slow."""
+    """Reference attention: explicit scores -> bias -> mask -> softmax -> dropout -> @v. Readable and O(T^2)."""
+    Tq, Tk = q.size(-2), k.size(-2)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
-    if mask.bias is not None:
-        scores = scores + mask.bias
-    keep = mask.dense_allowed(q.size(-2), k.size(-2), q.device)
+    bias = mask.dense_bias(Tq, Tk, q.device)
+    if bias is not None:
+        scores = scores + bias
+    keep = mask.dense_allowed(Tq, Tk, q.device)
     if keep is not None:
         scores = scores.masked_fill(~keep, float("-inf"))
     weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
@@ -112,7 +148,9 @@ def dense_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None, return_w
 
 
 def sdpa_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None):
-    """Fused scaled-dot-product attention; the plain causal case goes to flash-style kernels with no mask tensor."""
+    """Fused scaled-dot-product attention. Plain causal goes to flash-style kernels with no mask tensor; a mask with
+    limited reach (window, span) is computed block by block over only the keys each query block can reach, so its
+    cost is O(T * reach), not O(T^2)."""
     Tq, Tk = q.size(-2), k.size(-2)
     if mask.is_plain_causal() and mask.q_offset == Tk - Tq:
         # is_causal aligns the last query with the last key (top-left alignment is only right for Tq == Tk)
@@ -120,15 +158,29 @@ def sdpa_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
         if Tq == 1:  # one new token with a KV cache sees every cached key
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-    attn_mask = None
+    reach = mask.reach()
+    if mask.block and mask.causal and reach is not None and Tk > reach + mask.block:
+        return blocked_attention(q, k, v, mask, reach, dropout_p, scale)
     keep = mask.dense_allowed(Tq, Tk, q.device)
-    if mask.bias is not None:
-        attn_mask = mask.bias.to(q.dtype)
+    attn_mask = mask.dense_bias(Tq, Tk, q.device)
+    if attn_mask is not None:
+        attn_mask = attn_mask.to(q.dtype)
         if keep is not None:
             attn_mask = attn_mask.masked_fill(~keep, float("-inf"))
     elif keep is not None:
         attn_mask = keep
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
+
+def blocked_attention(q, k, v, mask, reach, dropout_p, scale):
+    """Causal attention with bounded reach: each block of queries attends only keys within `reach` of it."""
+    Tq, Tk, out = q.size(-2), k.size(-2), []
+    for qs in range(0, Tq, mask.block):
+        qe = min(qs + mask.block, Tq)
+        ks, ke = max(0, mask.q_offset + qs - reach + 1), min(Tk, mask.q_offset + qe)
+        out.append(sdpa_attention(q[..., qs:qe, :], k[..., ks:ke, :], v[..., ks:ke, :], mask.restrict(qs, qe, ks, ke),
+                                  dropout_p, scale))
+    return torch.cat(out, dim=-2)
 
 
 ATTENTION_KERNELS = {"sdpa": sdpa_attention, "dense": dense_attention}
@@ -185,15 +237,17 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = t.shape
         return t.view(B, T, -1, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, pos, cache=None):
+    def forward(self, x, pos, cache=None, mask=None):
+        """mask: an AttnMask the model computed once for all layers (duo, padding); else this layer's mask()."""
         q, k, v = map(self.split_heads, self.c_attn(x).split(self.n_embd, dim=2))
         q, k = self.rotate(q, k, pos)
         q_offset = 0  # keys already cached precede the new queries (a python int: no device sync, compile-friendly)
         if cache is not None:
             q_offset = cache.len
             k, v = cache.append(k, v)
-        y = self.kernel(q, k, v, self.mask(q.size(-2), k.size(-2), q_offset),
-                        dropout_p=self.dropout if self.training else 0.0)
+        if mask is None:
+            mask = self.mask(q.size(-2), k.size(-2), q_offset)
+        y = self.kernel(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0)
         y = self.mix_heads(y)
         y = y.transpose(1, 2).contiguous().view(x.shape)
         return self.resid_dropout(self.c_proj(y))
@@ -230,8 +284,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = mlp
 
-    def forward(self, x, pos, cache=None):
-        x = x + self.attn(self.ln_1(x), pos, cache)
+    def forward(self, x, pos, cache=None, mask=None):
+        x = x + self.attn(self.ln_1(x), pos, cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -286,8 +340,16 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(pos)
         return self.transformer.drop(x)
 
-    def run_blocks(self, x, pos, caches=None):
-        """The stack topology: sequential here; parallel pairs and shared layers override it."""
+    def positions(self, idx, pos_offset=0, **batch):
+        """Absolute position of every input token (duo's interleaved layout shares positions)."""
+        T = idx.size(1)
+        if pos_offset + T > self.config.block_size:
+            raise ValueError(f"sequence reaches position {pos_offset + T} but block_size is {self.config.block_size}")
+        return torch.arange(pos_offset, pos_offset + T, device=idx.device)
+
+    def run_blocks(self, x, pos, caches=None, **batch):
+        """The stack topology: sequential here; parallel pairs and shared layers override it. A variant whose mask
+        is the same for all layers (duo, padding) builds it here once and passes it to every block."""
         for i, block in enumerate(self.transformer.h):
             x = block(x, pos, None if caches is None else caches[i])
         return x
@@ -324,14 +386,13 @@ class GPT(nn.Module):
         """Scalars about the model itself to log during training (learned spans, periods...)."""
         return {}
 
+    def save_artifacts(self, out_dir):
+        """Called once at the end of training (rank 0): write variant-specific plots or tables into out_dir."""
+
     # ----------------------------------------------------------------------------------------------------------
     def forward(self, idx, targets=None, caches=None, pos_offset=0, last_only=False, **batch):
-        T = idx.size(1)
-        max_pos = pos_offset + T
-        if max_pos > self.config.block_size:
-            raise ValueError(f"sequence reaches position {max_pos} but block_size is {self.config.block_size}")
-        pos = torch.arange(pos_offset, max_pos, device=idx.device)
-        x = self.run_blocks(self.embed(idx, pos, **batch), pos, caches)
+        pos = self.positions(idx, pos_offset, **batch)
+        x = self.run_blocks(self.embed(idx, pos, **batch), pos, caches, **batch)
         if last_only:
             x = x[:, -1:]
         logits = self.head(x)
@@ -368,6 +429,12 @@ class GPT(nn.Module):
                 fed = idx.size(1)
             idx = torch.cat((idx, self.sample_next(logits[:, -1], temperature, top_k, generator)), dim=1)
         return idx
+
+    @torch.no_grad()
+    def fill_mask(self, segments, top_k=5):
+        """Predict the one token hidden in each gap between `segments` (lists of token ids), using both sides.
+        Returns, per gap, the top_k [(token_id, probability)]. Encoders and duo-predict implement it."""
+        raise NotImplementedError(f"variant {self.variant_name!r} has no fill-mask mode")
 
     @staticmethod
     def sample_next(logits, temperature, top_k, generator=None):

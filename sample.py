@@ -4,6 +4,7 @@ Generate text from a trained checkpoint (or from GPT-2 weights):
     python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=2 --max_new_tokens=200
     python sample.py --out_dir=out --start=FILE:prompt.txt --temperature=0 --top_k=None
     python sample.py --init_from=gpt2 --start="The meaning of life is"
+    python sample.py --out_dir=out-bert --mode=fill --start="The cat sat on the [MASK]."   # encoders, duo-predict
 
 The tokenizer is the one the run's data was prepared with (stored in the checkpoint).
 """
@@ -34,6 +35,8 @@ class SampleConfig:
     device: str = "auto"
     dtype: str = "auto"  # bfloat16 on CUDA, float32 on CPU
     use_cache: bool = True
+    mode: str = "generate"  # "generate", or "fill": predict each mask_text in the prompt from both sides
+    mask_text: str = "[MASK]"
 
 
 def fail(message, code=1):
@@ -66,6 +69,24 @@ def read_prompt(start):
     return start
 
 
+def fill(model, tok, text, cfg):
+    """Fill-mask mode: print the prompt with each mask replaced by its most likely token, then the candidates."""
+    pieces = text.split(cfg.mask_text)
+    if len(pieces) < 2:
+        raise ValueError(f"fill mode needs at least one {cfg.mask_text} in the prompt")
+    segments = [tok.encode(p) if p else [] for p in pieces]
+    n_tokens = sum(map(len, segments)) + len(segments) - 1
+    if n_tokens > model.config.block_size:
+        raise ValueError(f"the prompt is {n_tokens} tokens but the model's context is {model.config.block_size}")
+    predictions = model.fill_mask(segments, top_k=cfg.top_k or 5)
+    filled = pieces[0]
+    for piece, candidates in zip(pieces[1:], predictions):
+        filled += tok.decode([candidates[0][0]]) + piece
+    print(filled)
+    for i, candidates in enumerate(predictions):
+        print(f"{cfg.mask_text} #{i + 1}: " + ", ".join(f"{tok.decode([t])!r} {p:.3f}" for t, p in candidates))
+
+
 def main(argv):
     try:
         cfg, _, _ = configurator.resolve(argv, SampleConfig, model=False)
@@ -73,14 +94,19 @@ def main(argv):
             raise configurator.ConfigError("num_samples must be >= 1, max_new_tokens >= 0 and temperature >= 0")
         if cfg.top_k is not None and cfg.top_k < 1:
             raise configurator.ConfigError(f"top_k must be >= 1 or None, got {cfg.top_k}")
+        if cfg.mode not in ("generate", "fill"):
+            raise configurator.ConfigError(f"mode must be generate or fill, got {cfg.mode!r}")
     except configurator.ConfigError as e:
         fail(e, 2)
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     try:
         model, tok = load_model(cfg)
-        prompt = tok.encode(read_prompt(cfg.start))
-    except (checkpoint.CheckpointError, DataError, OSError, ValueError) as e:
+        text = read_prompt(cfg.start)
+        if cfg.mode == "fill":
+            return fill(model.eval().to(device), tok, text, cfg)
+        prompt = tok.encode(text)
+    except (checkpoint.CheckpointError, DataError, OSError, ValueError, NotImplementedError) as e:
         fail(e)
     if len(prompt) > model.config.block_size:
         fail(f"the prompt is {len(prompt)} tokens but the model's context is {model.config.block_size}")

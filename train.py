@@ -61,8 +61,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
-    # learning-rate schedule: linear warmup, then cosine to min_lr at lr_decay_iters
+    # learning-rate schedule: linear warmup, then cosine (or linear) decay to min_lr at lr_decay_iters
     decay_lr: bool = True
+    lr_schedule: str = "cosine"  # "cosine" (nanoGPT) or "linear" (HF Trainer's default)
     warmup_iters: int = 2000
     lr_decay_iters: int = 600000
     min_lr: float = 6e-5
@@ -82,6 +83,7 @@ class TrainConfig:
             (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}"),
+            (self.lr_schedule in ("cosine", "linear"), f"lr_schedule must be cosine or linear, not {self.lr_schedule!r}"),
             (not self.decay_lr or self.lr_decay_iters > self.warmup_iters,
              f"lr_decay_iters ({self.lr_decay_iters}) must exceed warmup_iters ({self.warmup_iters})"),
         ]
@@ -139,7 +141,8 @@ def get_lr(cfg, it):
     if it > cfg.lr_decay_iters:
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / (cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+    coeff = 1.0 - ratio if cfg.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
 def make_optimizer(model, cfg, device_type):
@@ -378,6 +381,8 @@ def main(argv):
         iter_num += 1
         local_iter += 1
 
+    if master and not cfg.eval_only:
+        raw_model.save_artifacts(out_dir)
     if ddp:
         destroy_process_group()
 

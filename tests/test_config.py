@@ -4,6 +4,7 @@ from dataclasses import dataclass
 import pytest
 
 import configurator
+from conftest import REPO
 from configurator import ConfigError, resolve
 
 
@@ -77,3 +78,11 @@ def test_model_validation_and_unknown_variant():
 def test_entry_without_model_rejects_model_keys():
     with pytest.raises(ConfigError, match="unknown config key 'n_layer'"):
         configurator.resolve(["--n_layer=2"], Entry, model=False)
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "config").glob("*.py")))
+def test_every_shipped_config_resolves(path):
+    import train
+    entry, model, _ = resolve([path], train.TrainConfig)
+    entry.validate()
+    assert model is not None

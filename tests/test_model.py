@@ -2,6 +2,7 @@
 import math
 
 import pytest
+import torch.nn.functional as F
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -170,3 +171,41 @@ def test_hf_gpt2_import_matches_transformers(tmp_path):
     assert cropped.config.block_size == 16 and cropped.transformer.wpe.weight.shape[0] == 16
     with pytest.raises(ValueError, match="exceeds the checkpoint's 40"):
         GPT.from_pretrained(str(tmp_path), block_size=64)
+
+
+@pytest.mark.parametrize("T,window,block,q_offset", [(50, 7, 8, 0), (64, 1, 16, 0), (40, 13, 5, 0), (9, 4, 2, 30)])
+@pytest.mark.parametrize("with_distance_bias", [False, True])
+def test_blocked_fast_path_equals_dense_with_gradients(T, window, block, q_offset, with_distance_bias):
+    torch.manual_seed(0)
+    H, hd = 3, 8
+    q = torch.randn(2, H, T, hd, requires_grad=True)
+    k = torch.randn(2, H, T + q_offset, hd, requires_grad=True)
+    v = torch.randn(2, H, T + q_offset, hd, requires_grad=True)
+    dist_bias = torch.randn(H, window + 3, requires_grad=True) if with_distance_bias else None
+    grads = []
+    for kernel, blk in ((sdpa_attention, block), (dense_attention, 0)):
+        mask = AttnMask(causal=True, window=window, q_offset=q_offset, distance_bias=dist_bias, block=blk)
+        y = kernel(q, k, v, mask)
+        y.pow(2).sum().backward()
+        params = [q, k, v] + ([dist_bias] if with_distance_bias else [])
+        grads.append((y.detach(), [p.grad.clone() for p in params]))
+        for p in params:
+            p.grad = None
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_blocked_path_only_computes_reachable_keys(monkeypatch):
+    import model as model_module
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.size(-2), k.size(-2)))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    q = torch.randn(1, 1, 256, 8)
+    sdpa_attention(q, q, q, AttnMask(window=16, block=32))
+    assert len(seen) == 8 and max(kv for _, kv in seen) <= 32 + 16 - 1

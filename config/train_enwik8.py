@@ -1,0 +1,27 @@
+# enwik8, byte level (SPEC §2.7): 12 layers, 8 heads, 512 wide, context 512, batch 64, 150k iterations.
+# python data/enwik8/prepare.py && python train.py config/train_enwik8.py
+out_dir = "out-enwik8"
+dataset = "enwik8"
+eval_interval = 1000
+eval_iters = 200
+log_interval = 100
+always_save_checkpoint = True
+
+batch_size = 64
+gradient_accumulation_steps = 1
+block_size = 512
+n_layer = 12
+n_head = 8
+n_embd = 512
+dropout = 0.2
+bias = False
+
+learning_rate = 1e-3
+min_lr = 1e-4
+beta2 = 0.99
+weight_decay = 0.1
+grad_clip = 1.0
+warmup_iters = 100
+max_iters = 150000
+lr_decay_iters = 150000
+compile = True
