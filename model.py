@@ -252,11 +252,13 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(x.shape)
         return self.resid_dropout(self.c_proj(y))
 
-    def attention_weights(self, x, pos):
-        """(B, H, T, T) attention probabilities via the dense reference, for analysis and heatmaps."""
+    def attention_weights(self, x, pos, mask=None):
+        """(B, H, T, T) attention probabilities via the dense reference, for analysis and heatmaps. Takes the same
+        inputs as forward (capture them with a forward pre-hook)."""
         q, k, v = map(self.split_heads, self.c_attn(x).split(self.n_embd, dim=2))
         q, k = self.rotate(q, k, pos)
-        return dense_attention(q, k, v, self.mask(q.size(-2), k.size(-2), 0), return_weights=True)[1]
+        mask = self.mask(q.size(-2), k.size(-2), 0) if mask is None else mask
+        return dense_attention(q, k, v, mask, return_weights=True)[1]
 
     def attended_entries(self, T):
         """How many (query, key) pairs per head this layer attends over a length-T sequence (FLOP accounting)."""
