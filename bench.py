@@ -1,15 +1,19 @@
 """
-Compare variants at one shared shape, in one run, with repetitions interleaved across variants and modes so that
-machine noise hits all of them alike:
+Compare variants at one shared shape, in one run, with repetitions interleaved across entries so that machine noise
+hits all of them alike:
 
-    python bench.py                                    # gpt, 6L/6H/384, block 256, batch 12, eager
+    python bench.py                                   # gpt, 6L/6H/384, block 256, batch 12, eager
     python bench.py --variants=all --modes=eager,compile
-    python bench.py --device=cuda --n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --vocab_size=50304
+    python bench.py --variants=gpt,config/bench/my_variant.py --seq_lens=1024,2048,4096 --batch_size=1
+    python bench.py --component=attention --seq_lens=1024    # one attention layer only
 
-Reports parameters; analytic forward FLOPs per token (checked against torch.utils.flop_counter); forward and
-forward+backward time (median and interquartile range); tokens/s; MFU against a matmul peak measured here and now;
-peak memory (CUDA allocator, or process peak RSS on CPU); and cached vs uncached greedy generation speed (with a
-check that both produce the same tokens). Writes a Markdown table and a JSON file to --out_dir.
+An entry is a registered variant name or a config file (python assignments: `variant = "..."` plus that variant's
+fields; shape keys in it override the shared shape; its file stem labels it). For every entry and sequence length it
+reports parameters; analytic forward FLOPs per token (checked against torch.utils.flop_counter on the dense reference
+path); forward and forward+backward time (median, IQR); tokens/s; MFU against a matmul peak measured here and now;
+peak memory (CUDA allocator, or process peak RSS on CPU); forward latency p50/p95/p99 at batch 1; the ideal speedup
+over the baseline entry (analytic FLOP ratio) next to the measured one (time ratio); and cached vs uncached greedy
+generation (speed, and whether both give the same tokens). Writes bench.md, bench.json and plots to --out_dir.
 """
 import json
 import statistics
@@ -19,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import configurator
@@ -27,8 +32,11 @@ from model import ATTENTION_KERNELS, VARIANTS, CausalSelfAttention, get_variant
 
 @dataclass
 class BenchConfig:
-    variants: str = "gpt"  # comma-separated names, or "all"
+    variants: str = "gpt"  # comma-separated variant names and/or config files, or "all"
+    baseline: str = ""  # label of the entry speedups are relative to (default: the first)
     modes: str = "eager"  # comma-separated: eager, compile
+    component: str = "model"  # "model" (whole LM, fwd+bwd of the loss) or "attention" (first attention layer)
+    seq_lens: tuple[int, ...] | int | None = None  # e.g. 1024,2048,4096 (default: block_size)
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384
@@ -39,7 +47,8 @@ class BenchConfig:
     device: str = "auto"
     dtype: str = "auto"  # float32 on CPU, bfloat16 on CUDA
     reps: int = 10
-    warmup: int = 3
+    warmup: int = 2
+    latency_reps: int = 20
     gen_tokens: int = 250  # new tokens for the cached vs uncached generation comparison (0 skips it)
     out_dir: str = "bench_out"
     seed: int = 0
@@ -50,28 +59,29 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure_peak_flops(device, dtype, n=None, reps=10):
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def measure_peak_flops(device, dtype, reps=10):
     """FLOP/s of a large square matmul on this device and dtype: the denominator of MFU."""
-    n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for i in range(reps + 3):
-        sync(device)
-        t = time.perf_counter()
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
         a @ b
-        sync(device)
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
+    return 2 * n ** 3 / statistics.median(timed(lambda: a @ b, device) for _ in range(reps))
 
 
 class PeakMemory:
-    """Peak memory of what runs inside the block: CUDA allocator peak, or the process's peak RSS on Linux
-    (reset through /proc/self/clear_refs, so each measurement starts from the current RSS)."""
+    """Peak memory inside the block: CUDA allocator peak, or the process's peak RSS on Linux (reset through
+    /proc/self/clear_refs so each measurement starts from the current RSS)."""
 
     def __init__(self, device):
-        self.device = device
+        self.device, self.peak = device, None
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -87,38 +97,74 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak = None
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak = int(line.split()[1]) * 1024
+            status = Path("/proc/self/status")
+            lines = status.read_text().splitlines() if status.exists() else []
+            self.peak = next((int(l.split()[1]) * 1024 for l in lines if l.startswith("VmHWM:")), None)
 
 
-def counted_flops(model, idx):
-    """Forward FLOPs torch's FlopCounterMode sees, on the fast path and on the dense reference path."""
-    attns = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    out = {}
-    for impl in ("sdpa", "dense"):
-        for m in attns:
-            m.kernel = ATTENTION_KERNELS[impl]
+def attention_modules(model):
+    return [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+
+
+def linear_flops(module):
+    return sum(2 * m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def attention_flops_per_token(attn, T):
+    return linear_flops(attn) + 4 * attn.head_dim * attn.n_head * attn.attended_entries(T) / T
+
+
+def counted_flops_per_token(model, idx):
+    """Forward FLOPs per token torch's FlopCounterMode sees on the dense reference path (it does not count CPU
+    SDPA), with the analytic count for the same path (every (query, key) pair of every layer is computed)."""
+    attns = attention_modules(model)
+    for m in attns:
+        m.kernel = ATTENTION_KERNELS["dense"]
+    try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(idx)
-        out[impl] = counter.get_total_flops()
-    for m in attns:
-        m.kernel = ATTENTION_KERNELS[model.config.attn_impl]
-    return out
+    finally:
+        for m in attns:
+            m.kernel = ATTENTION_KERNELS[model.config.attn_impl]
+    T = idx.size(1)
+    dense_pairs = sum(4 * m.head_dim * m.n_head * T for m in attns)  # per token: T keys per query
+    return counter.get_total_flops() / idx.numel(), model.flops_per_token(T)["matmul"] + dense_pairs
 
 
-def dense_attention_flops(model, T):
-    """FLOPs the dense reference spends on QK^T and AV for one length-T sequence (all T*T pairs, mask or not)."""
-    return sum(4 * m.head_dim * m.n_head * T * T for m in model.modules() if isinstance(m, CausalSelfAttention))
+def parse_entries(spec):
+    """[(label, variant name, {model fields})] from 'gpt,config/bench/x.py,...' or 'all'."""
+    if spec == "all":
+        return [(name, name, {}) for name in sorted(VARIANTS)]
+    entries = []
+    for item in filter(None, spec.split(",")):
+        if item.endswith(".py"):
+            fields = configurator.read_config_file(item)
+            if "variant" not in fields:
+                raise configurator.ConfigError(f"bench entry {item} sets no variant")
+            name = fields.pop("variant")
+            entries.append((Path(item).stem, name, fields))
+        else:
+            entries.append((item, item, {}))
+    for label, name, _ in entries:
+        get_variant(name)
+    if len({label for label, _, _ in entries}) != len(entries):
+        raise configurator.ConfigError("bench entries need distinct labels")
+    return entries
 
 
-def time_call(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
+def build(name, fields, shape, device):
+    cls = get_variant(name)
+    values = {**shape, **fields}
+    unknown = set(values) - set(cls.config_class.__dataclass_fields__)
+    if unknown:
+        raise configurator.ConfigError(f"variant {name!r} has no config field(s) {', '.join(sorted(unknown))}")
+    config = cls.config_class(**values)
+    try:
+        config.validate()
+    except ValueError as e:
+        raise configurator.ConfigError(f"{name}: {e}") from None
+    torch.manual_seed(0)
+    return cls(config).to(device)
 
 
 def summarize(times):
@@ -126,126 +172,200 @@ def summarize(times):
     return {"median": statistics.median(times), "q1": q[0], "q3": q[2]}
 
 
+def percentiles(times):
+    s = sorted(times)
+    pick = lambda p: s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+    return {"p50": pick(50), "p95": pick(95), "p99": pick(99)}
+
+
+def make_run(label, name, mode, model, cfg, T, device, autocast):
+    """Closures timing one entry at one length: forward, forward+backward, batch-1 forward latency."""
+    B = cfg.batch_size
+    gen = torch.Generator(device="cpu").manual_seed(T)
+    if cfg.component == "attention":
+        attn = attention_modules(model)[0]
+        fn = torch.compile(attn) if mode == "compile" else attn
+        x = torch.randn(B, T, model.config.n_embd, generator=gen).to(device)
+        pos = torch.arange(T, device=device)
+        flops = attention_flops_per_token(attn, T)
+        fwd_only = lambda inp=x: fn(inp, pos)
+        loss_of = lambda: fn(x.requires_grad_(), pos).float().pow(2).mean()
+        latency_input = x[:1]
+    else:
+        fn = torch.compile(model) if mode == "compile" else model
+        x = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
+        y = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
+        flops = model.flops_per_token(T)["total"]
+        fwd_only = lambda inp=x: fn(inp)
+        loss_of = lambda: fn(x, y)[1]
+        latency_input = x[:1]
+
+    def fwd():
+        with torch.no_grad(), autocast:
+            fwd_only()
+
+    def fwd_bwd():
+        with autocast:
+            loss = loss_of()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def latency():
+        with torch.no_grad(), autocast:
+            fwd_only(latency_input)
+
+    return {"label": label, "variant": name, "mode": mode, "T": T, "model": model, "flops_per_token": flops,
+            "fwd": fwd, "fwd_bwd": fwd_bwd, "latency": latency, "t_fwd": [], "t_fwd_bwd": [], "t_latency": []}
+
+
+def plot(results, seq_lens, baseline, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(dict.fromkeys((r["label"], r["mode"]) for r in results))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (label, mode) in enumerate(labels):
+        rows = [r for r in results if (r["label"], r["mode"]) == (label, mode)]
+        name, color, Ts = (label if mode == "eager" else f"{label} ({mode})"), colors[i % len(colors)], [r["T"] for r in rows]
+        axes[0].plot(Ts, [r["fwd_bwd_s"]["median"] * 1e3 for r in rows], marker="o", color=color, label=name)
+        if label != baseline:
+            axes[1].plot(Ts, [r["speedup"]["measured"] for r in rows], marker="o", color=color, label=name)
+            axes[1].plot(Ts, [r["speedup"]["ideal"] for r in rows], linestyle="--", color=color, alpha=0.6)
+    axes[0].set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="forward+backward ms",
+                title="cost vs sequence length")
+    axes[1].set(xscale="log", xlabel="sequence length T", ylabel=f"speedup over {baseline}",
+                title="measured (solid) vs ideal from FLOPs (dashed)")
+    axes[1].axhline(1.0, color="grey", linewidth=0.8)
+    for ax in axes:
+        ax.set_xticks(seq_lens, [str(t) for t in seq_lens])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=120)
+
+
 def main(argv):
     try:
         cfg, _, _ = configurator.resolve(argv, BenchConfig, model=False)
-        names = sorted(VARIANTS) if cfg.variants == "all" else [v for v in cfg.variants.split(",") if v]
-        for name in names:
-            get_variant(name)
+        entries = parse_entries(cfg.variants)
         modes = cfg.modes.split(",")
-        if not names or any(m not in ("eager", "compile") for m in modes):
+        if not entries or any(m not in ("eager", "compile") for m in modes):
             raise configurator.ConfigError(f"modes must be a comma list of eager, compile; got {cfg.modes!r}")
-        if cfg.reps < 2:
-            raise configurator.ConfigError("reps must be >= 2")
+        if cfg.component not in ("model", "attention"):
+            raise configurator.ConfigError(f"component must be model or attention, got {cfg.component!r}")
+        seq_lens = [cfg.block_size] if cfg.seq_lens is None else sorted(
+            [cfg.seq_lens] if isinstance(cfg.seq_lens, int) else cfg.seq_lens)
+        if cfg.reps < 2 or cfg.latency_reps < 1 or min(seq_lens) < 2:
+            raise configurator.ConfigError("reps must be >= 2, latency_reps >= 1 and every seq_len >= 2")
+        baseline = cfg.baseline or entries[0][0]
+        if baseline not in [label for label, _, _ in entries]:
+            raise configurator.ConfigError(f"baseline {baseline!r} is not one of the entries")
+        device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = getattr(torch, cfg.dtype if cfg.dtype != "auto" else
+                        ("bfloat16" if device.type == "cuda" else "float32"))
+        shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=max(seq_lens),
+                     vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
+        models = {label: build(name, fields, shape, device) for label, name, fields in entries}
     except (configurator.ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32"))
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    torch.manual_seed(cfg.seed)
-    B, T = cfg.batch_size, cfg.block_size
-    shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=T, vocab_size=cfg.vocab_size,
-                 bias=cfg.bias, dropout=0.0)
     peak = measure_peak_flops(device, dtype)
     print(f"device {device}, {dtype}, {torch.get_num_threads()} threads; measured matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s; shape {shape}, batch {B}")
+          f"{peak / 1e9:.1f} GFLOP/s; shape {shape}, batch {cfg.batch_size}, component {cfg.component}")
 
-    # ---- build every (variant, mode) once
-    runs = []
-    x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
-    y = torch.randint(0, cfg.vocab_size, (B, T), device=device)
-    for name in names:
-        cls = get_variant(name)
-        model = cls(cls.config_class(**shape)).to(device)
-        flops = model.flops_per_token(T)
-        counted = counted_flops(model, x[:1])
-        row = {"variant": name, "params": model.num_params(), "flops_per_token": flops,
-               "flop_counter": {"fast_path": counted["sdpa"] / T, "dense_path": counted["dense"] / T,
-                                "dense_path_analytic": flops["matmul"] + dense_attention_flops(model, T) / T}}
-        for mode in modes:
-            fn = torch.compile(model) if mode == "compile" else model
-
-            def fwd(fn=fn, model=model):
-                with torch.no_grad(), autocast:
-                    fn(x)
-
-            def fwd_bwd(fn=fn, model=model):
-                with autocast:
-                    _, loss = fn(x, y)
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-
-            runs.append({**row, "mode": mode, "model": model, "fwd": fwd, "fwd_bwd": fwd_bwd,
-                         "t_fwd": [], "t_fwd_bwd": []})
-
-    # ---- warm up (compiles), then interleave repetitions
-    for run in runs:
-        with PeakMemory(device) as mem:
-            for _ in range(cfg.warmup):
-                run["fwd_bwd"]()
-                run["fwd"]()
-        run["peak_memory_bytes"] = mem.peak
-    for _ in range(cfg.reps):
+    results = []
+    for T in seq_lens:
+        runs = [make_run(label, name, mode, models[label], cfg, T, device, autocast)
+                for label, name, _ in entries for mode in modes]
+        for run in runs:  # warm up (and compile), recording peak memory of the training step
+            with PeakMemory(device) as mem:
+                for _ in range(cfg.warmup):
+                    run["fwd_bwd"]()
+            run["fwd"]()
+            run["latency"]()
+            run["peak_memory_bytes"] = mem.peak
+        for _ in range(cfg.reps):  # interleaved: every entry sees the same stretch of machine noise
+            for run in runs:
+                run["t_fwd"].append(timed(run["fwd"], device))
+                run["t_fwd_bwd"].append(timed(run["fwd_bwd"], device))
+        for _ in range(cfg.latency_reps):
+            for run in runs:
+                run["t_latency"].append(timed(run["latency"], device))
+        base = {r["mode"]: r for r in runs if r["label"] == baseline}
         for run in runs:
-            run["t_fwd"].append(time_call(run["fwd"], device))
-            run["t_fwd_bwd"].append(time_call(run["fwd_bwd"], device))
+            fb = summarize(run["t_fwd_bwd"])
+            ref = base[run["mode"]]
+            results.append({
+                "label": run["label"], "variant": run["variant"], "mode": run["mode"], "T": T,
+                "params": run["model"].num_params(), "flops_per_token": run["flops_per_token"],
+                "fwd_s": summarize(run["t_fwd"]), "fwd_bwd_s": fb, "latency_s": percentiles(run["t_latency"]),
+                "tokens_per_s": cfg.batch_size * T / fb["median"],
+                "mfu": 3 * run["flops_per_token"] * cfg.batch_size * T / fb["median"] / peak,
+                "peak_memory_bytes": run["peak_memory_bytes"],
+                "speedup": {"ideal": ref["flops_per_token"] / run["flops_per_token"],
+                            "measured": statistics.median(ref["t_fwd_bwd"]) / fb["median"]}})
+            print(f"T={T} {run['label']} ({run['mode']}): fwd+bwd {fb['median'] * 1e3:.1f} ms")
 
-    # ---- generation: cached vs uncached greedy decoding of gen_tokens from a one-token prompt
+    flop_checks = {}
+    for label, model in models.items():
+        idx = torch.randint(0, model.config.vocab_size, (1, min(seq_lens)), device=device)
+        counted, analytic = counted_flops_per_token(model, idx)
+        flop_checks[label] = {"T": idx.size(1), "counted": counted, "analytic": analytic}
+
     gen = {}
-    if cfg.gen_tokens:
-        n = min(cfg.gen_tokens, T - 1)
-        prompt = x[:1, :1]
-        for run in runs:
-            if run["mode"] != "eager" or not run["model"].is_causal:
+    if cfg.gen_tokens and cfg.component == "model":
+        for label, model in models.items():
+            if not model.is_causal:
                 continue
-            model = run["model"].eval()
+            n = min(cfg.gen_tokens, model.config.block_size - 1)
+            prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
+            model.eval()
+            outs, secs = {}, {}
             with autocast:
-                outs, times = {}, {}
                 for use_cache in (True, False):
                     t = time.perf_counter()
                     outs[use_cache] = model.generate(prompt, n, temperature=0, use_cache=use_cache)
                     sync(device)
-                    times[use_cache] = time.perf_counter() - t
+                    secs[use_cache] = time.perf_counter() - t
             model.train()
-            gen[run["variant"]] = {"new_tokens": n, "cached_s": times[True], "uncached_s": times[False],
-                                   "speedup": times[False] / times[True],
-                                   "identical": bool(torch.equal(outs[True], outs[False]))}
+            gen[label] = {"new_tokens": n, "cached_s": secs[True], "uncached_s": secs[False],
+                          "speedup": secs[False] / secs[True], "identical": bool(torch.equal(outs[True], outs[False]))}
 
-    # ---- report
-    results = []
-    for run in runs:
-        f = run["flops_per_token"]
-        fb, fw = summarize(run["t_fwd_bwd"]), summarize(run["t_fwd"])
-        results.append({k: run[k] for k in ("variant", "mode", "params", "flops_per_token", "flop_counter",
-                                            "peak_memory_bytes")} | {
-            "fwd_s": fw, "fwd_bwd_s": fb, "tokens_per_s": B * T / fb["median"],
-            "mfu": 3 * f["total"] * B * T / fb["median"] / peak, "generation": gen.get(run["variant"])})
-    lines = ["| variant | mode | params | GFLOP/token fwd (attn) | counter/analytic | fwd ms | fwd+bwd ms (IQR) "
-             "| tokens/s | MFU | peak mem MB | cached gen speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    head = (f"| entry | mode | T | params | GFLOP/token fwd | fwd ms | fwd+bwd ms (IQR) | tokens/s | MFU "
+            f"| latency p50/p95/p99 ms (batch 1) | peak mem MB | speedup vs {baseline}: ideal / measured |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        f, c, g = r["flops_per_token"], r["flop_counter"], r["generation"]
-        fb = r["fwd_bwd_s"]
-        gen_cell = f"{g['speedup']:.1f}x ({'same tokens' if g['identical'] else 'DIFFERENT tokens'})" if g else "-"
+        fb, lat = r["fwd_bwd_s"], r["latency_s"]
         lines.append(
-            f"| {r['variant']} | {r['mode']} | {r['params'] / 1e6:.2f}M | {f['total'] / 1e9:.4f} "
-            f"({f['attention'] / 1e9:.4f}) | {c['dense_path'] / c['dense_path_analytic']:.4f} "
+            f"| {r['label']} | {r['mode']} | {r['T']} | {r['params'] / 1e6:.2f}M | {r['flops_per_token'] / 1e9:.4f} "
             f"| {r['fwd_s']['median'] * 1e3:.1f} | {fb['median'] * 1e3:.1f} ({fb['q1'] * 1e3:.1f}-{fb['q3'] * 1e3:.1f}) "
             f"| {r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% "
-            f"| {(r['peak_memory_bytes'] or 0) / 2**20:.0f} | {gen_cell} |")
+            f"| {lat['p50'] * 1e3:.1f} / {lat['p95'] * 1e3:.1f} / {lat['p99'] * 1e3:.1f} "
+            f"| {(r['peak_memory_bytes'] or 0) / 2**20:.0f} | {r['speedup']['ideal']:.2f}x / {r['speedup']['measured']:.2f}x |")
+    lines += ["", "| entry | FlopCounterMode / analytic FLOPs (dense reference path, T=%d) |" % min(seq_lens), "|---|---|"]
+    lines += [f"| {label} | {c['counted'] / c['analytic']:.4f} |" for label, c in flop_checks.items()]
+    if gen:
+        lines += ["", "| entry | greedy generation | cached s | uncached s | speedup | same tokens |", "|---|---|---|---|---|---|"]
+        lines += [f"| {label} | {g['new_tokens']} new tokens | {g['cached_s']:.3f} | {g['uncached_s']:.3f} "
+                  f"| {g['speedup']:.1f}x | {'yes' if g['identical'] else 'NO'} |" for label, g in gen.items()]
     table = "\n".join(lines)
     print(table)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"config": asdict(cfg), "device": str(device), "dtype": str(dtype), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "peak_flops": peak, "results": results}
+    report = {"command": "python bench.py " + " ".join(argv), "config": asdict(cfg), "device": str(device),
+              "dtype": str(dtype), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "peak_flops": peak, "results": results, "flop_counter_check": flop_checks, "generation": gen}
     (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "bench.md").write_text(
         f"`python bench.py {' '.join(argv)}` on {device} ({dtype}, {torch.get_num_threads()} threads), measured "
         f"matmul peak {peak / 1e9:.1f} GFLOP/s. MFU = 3 x analytic forward FLOPs / fwd+bwd time / peak.\n\n"
         + table + "\n")
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    if len(seq_lens) > 1:
+        plot(results, seq_lens, baseline, out)
+    print(f"wrote {out / 'bench.md'}, {out / 'bench.json'}" + (f", {out / 'bench.png'}" if len(seq_lens) > 1 else ""))
 
 
 if __name__ == "__main__":
