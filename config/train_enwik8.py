@@ -1,5 +1,7 @@
-# enwik8, byte level (SPEC §2.7): 12 layers, 8 heads, 512 wide, context 512, batch 64, 150k iterations.
+# The seed recipe (SPEC §2.7): enwik8 bytes, 12 layers, 8 heads, 512 wide, context 512, batch 64, 150k iterations,
+# adaptive span + periodic (triangle-wave) masking with the seed's span regulariser.
 # python data/enwik8/prepare.py && python train.py config/train_enwik8.py
+# Fair twins: config/enwik8_baseline.py (plain attention) and config/enwik8_span_only.py (no periodic mask).
 out_dir = "out-enwik8"
 dataset = "enwik8"
 eval_interval = 1000
@@ -25,3 +27,12 @@ warmup_iters = 100
 max_iters = 150000
 lr_decay_iters = 150000
 compile = True
+
+variant = "adaptive_span"
+use_adaptive_attention = True
+use_triangle_wave_masking = True
+softness_span_mask = 32.0
+period_min_triangle_wave_masking = 2.0
+period_max_triangle_wave_masking = 8.0
+span_reg = 4e-6
+block_pos_emb = True  # extra learned positions before every block but the first (SPEC §2.1), in all three twins
