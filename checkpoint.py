@@ -1,4 +1,5 @@
 """Checkpoints: written atomically (temp file + rename), verified when read, rebuilt into a model by variant name."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import variants  # noqa: F401  (registers every variant)
 from model import get_variant
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "variant", "model_args", "model")
+REQUIRED_KEYS = ("format_version", "variant", "model_args", "model", "checksum")
 
 
 class CheckpointError(ValueError):
@@ -35,6 +36,35 @@ def atomic_save(obj, path):
         os.close(dir_fd)
 
 
+def state_checksum(state_dict):
+    """sha256 over every tensor's name, dtype, shape and bytes: detects a corrupted or tampered checkpoint."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save(state, path, keep_copy=None, keep_last=1):
+    """Write a checkpoint dict (its model weights checksummed) atomically to path. With keep_copy, the same file is
+    also kept under that name (a hard link, so no second write) and only the keep_last newest such copies remain."""
+    state = dict(state, format_version=FORMAT_VERSION, checksum=state_checksum(state["model"]))
+    path = Path(path)
+    if keep_copy is None:
+        atomic_save(state, path)
+        return
+    keep_copy = Path(keep_copy)
+    atomic_save(state, keep_copy)
+    link = path.with_name(f".{path.name}.link{os.getpid()}")
+    link.unlink(missing_ok=True)
+    os.link(keep_copy, link)
+    os.replace(link, path)
+    pattern = keep_copy.name.split("_")[0] + "_*.pt"
+    for old in sorted(keep_copy.parent.glob(pattern))[:-max(keep_last, 1)]:
+        old.unlink()
+
+
 def load(path, map_location="cpu"):
     path = Path(path)
     if not path.is_file():
@@ -47,6 +77,8 @@ def load(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint {path} lacks the keys {', '.join(REQUIRED_KEYS)}: not a checkpoint of ours")
     if ckpt["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format {ckpt['format_version']}, expected {FORMAT_VERSION}")
+    if state_checksum(ckpt["model"]) != ckpt["checksum"]:
+        raise CheckpointError(f"checkpoint {path} fails its checksum: the weights are corrupt")
     return ckpt
 
 

@@ -14,6 +14,8 @@ and written to out_dir/config.json; metrics go to out_dir/metrics.jsonl (plot th
 import json
 import math
 import os
+import random
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -72,6 +74,11 @@ class TrainConfig:
     dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 on CPU; or float32 / bfloat16 / float16
     compile: bool = False
     seed: int = 1337
+    # fault tolerance
+    ckpt_interval: int = 0  # also write ckpt.pt every this many steps (0: only at evals)
+    keep_last: int = 0  # keep the newest N step checkpoints as ckpt_<iter>.pt besides ckpt.pt
+    on_nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run, or "skip" the step
+    ddp_timeout_s: int = 600  # a collective waiting this long on a dead rank fails instead of hanging
 
     def validate(self):
         checks = [
@@ -84,6 +91,9 @@ class TrainConfig:
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}"),
             (self.lr_schedule in ("cosine", "linear"), f"lr_schedule must be cosine or linear, not {self.lr_schedule!r}"),
+            (self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be stop or skip, not {self.on_nonfinite!r}"),
+            (self.ckpt_interval >= 0 and self.keep_last >= 0, "ckpt_interval and keep_last must be >= 0"),
+            (self.ddp_timeout_s >= 1, f"ddp_timeout_s must be >= 1, got {self.ddp_timeout_s}"),
             (not self.decay_lr or self.lr_decay_iters > self.warmup_iters,
              f"lr_decay_iters ({self.lr_decay_iters}) must exceed warmup_iters ({self.warmup_iters})"),
         ]
@@ -182,7 +192,46 @@ class MetricsLog:
                 self.wandb = None
 
 
+def mix_seed(*parts):
+    """A 63-bit seed from integers (seed, stream, index...): the same parts always give the same stream."""
+    value = 0
+    for p in parts:
+        value = (value * 1_000_000_007 + int(p) + 1) % (2 ** 63)
+    return value
+
+
+def rng_states():
+    return {"python": random.getstate(), "numpy": [x.tolist() if hasattr(x, "tolist") else x
+                                                     for x in np.random.get_state()],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states):
+    random.setstate((states["python"][0], tuple(states["python"][1]), states["python"][2]))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class Preemption:
+    """SIGTERM / SIGINT ask the loop to finish its step, checkpoint and exit 0 (a second SIGINT aborts at once)."""
+
+    def __init__(self):
+        self.signal = None
+        signal.signal(signal.SIGTERM, self.handle)
+        signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum, frame):
+        if self.signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+
 def main(argv):
+    preemption = Preemption()
     # ---- config: everything is validated before anything touches out_dir
     try:
         cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig)
@@ -199,7 +248,8 @@ def main(argv):
     device_name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if ddp:
         backend = "nccl" if device_name.startswith("cuda") else "gloo"
-        init_process_group(backend=backend, timeout=timedelta(minutes=10))  # a dead rank ends the others, no hang
+        # a rank that dies makes the others fail at their next collective after this timeout instead of hanging
+        init_process_group(backend=backend, timeout=timedelta(seconds=cfg.ddp_timeout_s))
         rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
         if device_name.startswith("cuda"):
             device_name = f"cuda:{local_rank}"
@@ -215,14 +265,14 @@ def main(argv):
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.type, dtype=ptdtype)
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(mix_seed(cfg.seed, 0))  # model init: the same on every rank
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- model
     cls = get_variant(cfg.variant)
-    requested_block_size = model_cfg.block_size
+    requested = model_cfg
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "ckpt.pt"
     iter_num, best_val_loss, ckpt = 0, float("inf"), None
@@ -233,15 +283,23 @@ def main(argv):
                      f"start over", 2)
             if "vocab_size" not in explicit:
                 model_cfg.vocab_size = cls.model_vocab_size(meta["vocab_size"])
-            elif model_cfg.vocab_size < meta["vocab_size"]:
-                fail(f"vocab_size={model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
             model = cls(model_cfg)
         elif cfg.init_from == "resume":
             ckpt = checkpoint.load(ckpt_path, map_location="cpu")
             if ckpt["variant"] != cfg.variant:
                 fail(f"{ckpt_path} is a {ckpt['variant']!r} checkpoint but variant={cfg.variant!r}", 2)
-            # architecture comes from the checkpoint; only dropout may differ when resuming
-            model = checkpoint.build_model(ckpt, ckpt_path, dropout=model_cfg.dropout)
+            saved = ckpt["model_args"]
+            if "block_size" in explicit and requested.block_size > saved["block_size"]:
+                fail(f"block_size={requested.block_size} exceeds the checkpoint's {saved['block_size']}", 2)
+            for key in sorted(explicit & set(saved) - {"dropout", "attn_impl"}):
+                if getattr(requested, key) != saved[key]:
+                    fail(f"{key}={getattr(requested, key)!r} differs from the checkpoint's {saved[key]!r}", 2)
+            saved_meta = ckpt.get("data_meta") or {}
+            if saved_meta.get("tokenizer", meta["tokenizer"]) != meta["tokenizer"]:
+                fail(f"{ckpt_path} was trained on {saved_meta['tokenizer']}-tokenized data but {data_dir} is "
+                     f"{meta['tokenizer']}-tokenized", 2)
+            # the architecture comes from the checkpoint; dropout and the attention path may change on resume
+            model = checkpoint.build_model(ckpt, ckpt_path, dropout=requested.dropout, attn_impl=requested.attn_impl)
             model_cfg = model.config
             iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         else:
@@ -254,8 +312,6 @@ def main(argv):
         fail(e)
     if meta["vocab_size"] > model_cfg.vocab_size:
         fail(f"the model's vocab_size {model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
-    if "block_size" in explicit and requested_block_size > model_cfg.block_size:
-        fail(f"block_size={requested_block_size} exceeds the checkpoint's {model_cfg.block_size}", 2)
     try:
         sampler = BatchSampler(data_dir, meta, model_cfg.block_size, cfg.batch_size, cfg.seed, device)
     except DataError as e:
@@ -274,8 +330,9 @@ def main(argv):
         print(f"variant {cfg.variant}: {model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens/iter")
 
     optimizer = make_optimizer(model, cfg, device.type)
-    if ckpt is not None and "optimizer" in ckpt:
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_states(ckpt["rng"])
     scaler = torch.amp.GradScaler(device.type, enabled=(ptdtype == torch.float16))
     raw_model = model
     if cfg.compile:
@@ -290,6 +347,11 @@ def main(argv):
         with autocast:
             return model(**batch)
 
+    def get_batch(split, index, stream):
+        """Batch `index` of a split, with any batch-transform randomness (MLM masking) seeded by it too."""
+        gen = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, stream, index))
+        return raw_model.prepare_batch(*sampler.get(split, index), generator=gen)
+
     @torch.no_grad()
     def evaluate():
         """Mean eval metrics over eval_iters fixed batches per split, shared out across ranks."""
@@ -298,7 +360,8 @@ def main(argv):
         for split in ("train", "val"):
             sums = {}
             for k in range(rank, cfg.eval_iters, world):
-                batch = raw_model.prepare_batch(*sampler.get(split, k))
+                batch = get_batch(split, k, stream=3)
+                torch.manual_seed(mix_seed(cfg.seed, 4, k))
                 logits, _ = forward(batch)
                 for name, (total, count) in raw_model.eval_metrics(logits, **batch).items():
                     s = sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=device))
@@ -313,73 +376,101 @@ def main(argv):
         model.train()
         return results
 
-    def save(path, iter_num, best_val_loss):
-        state = {"format_version": checkpoint.FORMAT_VERSION, "variant": cfg.variant,
-                 "model_args": asdict(model_cfg), "model": raw_model.state_dict(),
+    def save(iter_num, best_val_loss, eval_done, best=False):
+        state = {"variant": cfg.variant, "model_args": asdict(model_cfg), "model": raw_model.state_dict(),
                  "optimizer": optimizer.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
+                 "eval_done": eval_done, "rng": rng_states(), "sampler": {"seed": cfg.seed, "next_iter": iter_num},
                  "config": resolved, "data_meta": meta}
-        checkpoint.atomic_save(state, path)
+        if best:
+            checkpoint.save(state, out_dir / "best.pt")
+        elif cfg.keep_last:
+            checkpoint.save(state, ckpt_path, keep_copy=out_dir / f"ckpt_{iter_num:08d}.pt", keep_last=cfg.keep_last)
+        else:
+            checkpoint.save(state, ckpt_path)
 
-    # ---- training loop
-    micro_index = lambda it, micro: (it * accum + micro) * world + rank  # global micro-batch id: rank-independent
-    batch = raw_model.prepare_batch(*sampler.get("train", micro_index(iter_num, 0)))
-    t0, local_iter, running_tps = time.time(), 0, -1.0
+    # ---- training loop. Every random draw of a micro-step (its batch, its batch transform, dropout) is seeded by
+    # its global micro-batch index, so a resumed run repeats the interrupted one exactly and N ranks x M micro-steps
+    # equal one process x N*M micro-steps.
+    micro_index = lambda it, micro: (it * accum + micro) * world + rank
+    start_iter = iter_num
+    skip_eval_at = iter_num if ckpt is not None and ckpt.get("eval_done") else None
+    batch = get_batch("train", micro_index(iter_num, 0), stream=0)
+    t0 = time.time()
     while True:
         lr = get_lr(cfg, iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        if iter_num % cfg.eval_interval == 0 or cfg.eval_only or iter_num == cfg.max_iters:
+        eval_due = iter_num % cfg.eval_interval == 0 or cfg.eval_only or iter_num == cfg.max_iters
+        if eval_due and iter_num != skip_eval_at:
             results = evaluate()
             if master:
                 shown = " ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith(("loss", "bpc", "ppl")))
                 print(f"step {iter_num}: {shown}")
                 log.write({"iter": iter_num, "kind": "eval", "lr": lr, **results,
                            **{f"model/{k}": v for k, v in raw_model.log_metrics().items()}})
-                val = results["val/loss"]
-                improved = val < best_val_loss
-                best_val_loss = min(best_val_loss, val)
-                if iter_num > 0 and not cfg.eval_only:
+                improved = results["val/loss"] < best_val_loss
+                best_val_loss = min(best_val_loss, results["val/loss"])
+                if iter_num > start_iter and not cfg.eval_only:
                     if improved:
-                        save(out_dir / "best.pt", iter_num, best_val_loss)
+                        save(iter_num, best_val_loss, eval_done=True, best=True)
                     if improved or cfg.always_save_checkpoint:
-                        save(ckpt_path, iter_num, best_val_loss)
+                        save(iter_num, best_val_loss, eval_done=True)
                         print(f"saved checkpoint to {ckpt_path}")
+        elif master and cfg.ckpt_interval and iter_num % cfg.ckpt_interval == 0 and iter_num > start_iter:
+            save(iter_num, best_val_loss, eval_done=False)
         if cfg.eval_only or iter_num >= cfg.max_iters:
             break
 
         for micro in range(accum):
+            torch.manual_seed(mix_seed(cfg.seed, 1, micro_index(iter_num, micro)))  # dropout, diffusion noise...
             if ddp:  # all-reduce gradients only on the last micro-step
                 model.require_backward_grad_sync = micro == accum - 1
             _, loss = forward(batch)
-            loss = loss / accum
-            batch = raw_model.prepare_batch(*sampler.get("train", micro_index(
-                iter_num + (micro + 1) // accum, (micro + 1) % accum)))  # prefetch while the backward runs
-            scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            following = (iter_num, micro + 1) if micro + 1 < accum else (iter_num + 1, 0)
+            batch = get_batch("train", micro_index(*following), stream=0)  # fetched while the backward is queued
+            scaler.scale(loss / accum).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
+                                                   cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lossf = loss.item()
+        # one small all-reduce agrees across ranks on non-finite values and on preemption
+        flags = torch.tensor([0.0 if math.isfinite(lossf) and torch.isfinite(grad_norm) else 1.0,
+                              1.0 if preemption.signal else 0.0], device=device)
+        if ddp:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        nonfinite, preempted = bool(flags[0]), bool(flags[1])
+        if nonfinite and cfg.on_nonfinite == "stop":
+            fail(f"non-finite loss ({lossf}) or gradient norm ({float(grad_norm)}) at iter {iter_num}; stopping "
+                 f"(the last good checkpoint stays; --on_nonfinite=skip skips such steps instead)")
+        if nonfinite:
+            if master:
+                print(f"iter {iter_num}: non-finite loss or gradient, step skipped")
+            optimizer.zero_grad(set_to_none=True)
         else:
-            grad_norm = torch.tensor(0.0)
-        lossf = loss.item() * accum
-        if not math.isfinite(lossf) or not math.isfinite(float(grad_norm)):
-            fail(f"non-finite loss ({lossf}) or gradient norm ({float(grad_norm)}) at iter {iter_num}; "
-                 f"the last good checkpoint {ckpt_path} is kept")
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
 
         t1 = time.time()
         dt, t0 = t1 - t0, t1
         if iter_num % cfg.log_interval == 0 and master:
             tps = cfg.gradient_accumulation_steps * cfg.batch_size * model_cfg.block_size / dt
-            if local_iter >= 5:  # skip the first iterations (compilation, warm-up) in the running average
-                running_tps = tps if running_tps < 0 else 0.9 * running_tps + 0.1 * tps
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, tok/s {tps:,.0f}")
             log.write({"iter": iter_num, "kind": "train", "loss": lossf, "lr": lr, "grad_norm": float(grad_norm),
-                       "dt_ms": dt * 1000, "tokens_per_s": tps})
+                       "dt_ms": dt * 1000, "tokens_per_s": tps, "skipped": nonfinite})
         iter_num += 1
-        local_iter += 1
+
+        if preempted:
+            if master:
+                save(iter_num, best_val_loss, eval_done=False)
+                name = signal.Signals(preemption.signal).name if preemption.signal else "another rank"
+                print(f"preempted by {name}: checkpoint of iter {iter_num} written to {ckpt_path}; "
+                      f"continue with --init_from=resume")
+            if ddp:
+                torch.distributed.barrier()
+                destroy_process_group()
+            return
 
     if master and not cfg.eval_only:
         raw_model.save_artifacts(out_dir)
