@@ -1,0 +1,356 @@
+"""Layer-wise causal sliding windows (SPEC §3, seed 003 `layerwise_mask_gpt`).
+
+Layer l lets query i attend key j iff max(0, i - w_l + 1) <= j <= i (w = 1 is self only; w >= T is plain causal).
+The per-layer windows w_l come from one of (see `layer_windows`):
+
+  schedule = "full" | "half" | "quarter" | "aggressive"   SPEC §3.1 presets (geometric halving)
+  schedule = "progressive" + start_layer/start_window/end_window, or the seed's JSON form as a string:
+             schedule = '{"type": "progressive", "start_layer": 6, "start_window": 512, "end_window": 16}'
+  windows = [0, 0, 256, 128, ...]                         explicit, one per layer, 0 = full causal
+  window_pattern = "SSSL" | "L,256,64"                    repeating long/short pattern (modded-nanogpt/nanochat style)
+
+Compute is real, not only a mask: each layer hands the kernel AttnMask(window=w), which model.py's blocked SDPA path
+turns into O(T*w) work on CPU; on CUDA a FlexAttention sliding-window block mask is used (built once per shape and
+shared by every layer with the same window). generate() keeps a rolling cache of the last w-1 keys per windowed layer.
+
+Fine-tuning pretrained GPT-2 with windows: train.py's init_from=<HF name or dir> hands from_pretrained only dropout and
+block_size, so a schedule set on the command line would be dropped. Write a schedule file (it names the weights and
+the window fields; the script checks them by building the model) and start from it:
+
+  python variants/layerwise_window.py --init_from=gpt2 --schedule=aggressive --out=gpt2_aggressive.json
+  python train.py config/finetune_gpt2_layerwise.py --init_from=gpt2_aggressive.json
+"""
+import functools
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+if __name__ == "__main__":  # run as a script: import the registered module instead of re-registering this copy
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from variants.layerwise_window import write_schedule_file
+    sys.exit(write_schedule_file(sys.argv[1:]))
+
+from model import GPT, AttnMask, CausalSelfAttention, GPTConfig, KVCache, register, sdpa_attention
+
+# SPEC §3.1, written for 12 layers: (start_layer, start_window, end_window); layers before start_layer are full.
+PRESETS = {"half": (6, 512, 16), "quarter": (3, 1024, 4), "aggressive": (1, 1024, 1)}
+PRESET_LAYERS = 12
+
+
+def progressive_windows(n_layer, start_layer, start_window, end_window, first_window_is_start=False):
+    """Geometric halving: full below start_layer, then max(end, start // 2^(l - start_layer + 1)) (the repo's
+    create_predefined_schedules, whose first masked layer already gets start/2), or start // 2^(l - start_layer)
+    with first_window_is_start (the seed's prose)."""
+    shift = 0 if first_window_is_start else 1
+    return [None if l < start_layer else max(end_window, start_window // 2 ** (l - start_layer + shift))
+            for l in range(n_layer)]
+
+
+def pattern_windows(pattern, n_layer, short_window, long_window):
+    """Tile a pattern over the layers. Tokens are single letters ("SSSL") or comma-separated ("L,256,S"):
+    L or F = long (long_window, 0 = full causal), S = short_window, an integer = that window."""
+    tokens = [t.strip() for t in pattern.split(",")] if "," in pattern else list(pattern.replace(" ", ""))
+    out = []
+    for t in tokens:
+        if t.upper() in ("L", "F"):
+            out.append(long_window or None)
+        elif t.upper() == "S":
+            out.append(short_window)
+        elif t.isdigit() and int(t) >= 0:
+            out.append(int(t) or None)
+        else:
+            raise ValueError(f"window_pattern token {t!r} is not L, F, S or a window size (pattern {pattern!r})")
+    if not out:
+        raise ValueError("window_pattern is empty")
+    return [out[l % len(out)] for l in range(n_layer)]
+
+
+@dataclass
+class LayerwiseConfig(GPTConfig):
+    schedule: str = "full"  # full | half | quarter | aggressive | progressive | a JSON object (see module doc)
+    start_layer: int = 0  # schedule="progressive" only (the seed's JSON fields), used as given for any depth
+    start_window: int = 1024
+    end_window: int = 1
+    first_window_is_start: bool = False  # presets/progressive: first masked layer gets start_window, not start/2
+    windows: list[int] | None = None  # explicit per-layer windows, 0 = full causal; overrides schedule
+    window_pattern: str = ""  # repeating pattern, e.g. "SSSL"; overrides schedule
+    short_window: int = 0  # window of S in window_pattern; 0 = block_size // 2
+    long_window: int = 0  # window of L in window_pattern; 0 = full causal
+    attn_block: int = 0  # query block of the blocked CPU path; 0 = automatic (see auto_block)
+    flex_attention: bool = True  # CUDA only: FlexAttention sliding-window block masks for training shapes
+
+    def validate(self):
+        super().validate()
+        if sum(bool(x) for x in (self.windows, self.window_pattern, self.schedule != "full")) > 1:
+            raise ValueError("set only one of schedule (non-'full'), windows and window_pattern")
+        for name in ("start_layer", "short_window", "long_window", "attn_block"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.start_window < 1 or self.end_window < 1:
+            raise ValueError(f"start_window and end_window must be >= 1, got {self.start_window}, {self.end_window}")
+        windows = layer_windows(self)  # raises on bad schedules, lists and patterns
+        if len(windows) != self.n_layer:
+            raise ValueError(f"windows lists {len(windows)} layers but n_layer={self.n_layer}")
+
+
+def layer_windows(config):
+    """Per-layer windows (None = full causal) for a LayerwiseConfig."""
+    n = config.n_layer
+    if config.windows:
+        if any((not isinstance(w, int)) or w < 0 for w in config.windows):
+            raise ValueError(f"windows must be integers >= 0 (0 = full causal), got {config.windows}")
+        return [w or None for w in config.windows]
+    if config.window_pattern:
+        return pattern_windows(config.window_pattern, n, config.short_window or max(1, config.block_size // 2),
+                               config.long_window)
+    schedule = config.schedule.strip()
+    if schedule.startswith("{"):
+        return json_windows(schedule, n, config.first_window_is_start)
+    if schedule == "full":
+        return [None] * n
+    if schedule == "progressive":
+        return progressive_windows(n, config.start_layer, config.start_window, config.end_window,
+                                   config.first_window_is_start)
+    if schedule in PRESETS:
+        start_layer, start_window, end_window = PRESETS[schedule]
+        # other depths keep the same fraction of full layers at the bottom; 12 layers give SPEC's table exactly
+        start_layer = math.ceil(start_layer * n / PRESET_LAYERS)
+        return progressive_windows(n, start_layer, start_window, end_window, config.first_window_is_start)
+    raise ValueError(f"unknown schedule {config.schedule!r}: use full, half, quarter, aggressive, progressive, "
+                     f"or a JSON object such as '{{\"type\": \"progressive\", \"start_layer\": 6, ...}}'")
+
+
+def json_windows(text, n_layer, first_window_is_start):
+    """The seed's JSON form {type: progressive, start_layer, start_window, end_window}, or {windows: [...]}."""
+    try:
+        spec = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"schedule looks like JSON but does not parse: {e}") from None
+    if "windows" in spec:
+        ws = spec["windows"]
+        if not isinstance(ws, list) or any(w is not None and (not isinstance(w, int) or w < 0) for w in ws):
+            raise ValueError(f"schedule JSON windows must be a list of integers >= 0 or null, got {ws!r}")
+        if len(ws) != n_layer:
+            raise ValueError(f"schedule JSON lists {len(ws)} windows but n_layer={n_layer}")
+        return [w or None for w in ws]
+    if spec.get("type", "progressive") != "progressive":
+        raise ValueError(f"schedule JSON type must be 'progressive', got {spec.get('type')!r}")
+    missing = [k for k in ("start_layer", "start_window", "end_window") if k not in spec]
+    if missing:
+        raise ValueError(f"schedule JSON lacks {', '.join(missing)}")
+    return progressive_windows(n_layer, int(spec["start_layer"]), int(spec["start_window"]), int(spec["end_window"]),
+                               first_window_is_start)
+
+
+def auto_block(window):
+    """Query block of the banded CPU kernel. Block b with window w computes b * (b + w - 1) scores for b queries
+    (b - 1 more per query than needed) and copies each key (b + w - 1) / b times, while small blocks pay per-block
+    overhead. Fastest measured (1 thread, T=4096, 12 heads of 64, fwd+bwd): b=32 for w <= 16, b=w up to 128, then 128."""
+    return min(128, max(32, window))
+
+
+# ---- CUDA: FlexAttention sliding-window block masks, one per (window, T, device), shared across layers.
+# [UNTESTED on GPU in this project's sessions: no GPU was available; on CPU the SDPA/blocked path is always used.]
+_FLEX = {}
+
+
+def _flex_attention(q, k, v, window, scale):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    T = q.size(-2)
+    key = (window, T, q.device)
+    if key not in _FLEX:
+        def sliding(b, h, qi, kj):
+            return (kj <= qi) & (qi - kj < window)
+        _FLEX[key] = create_block_mask(sliding, None, None, T, T, device=q.device)
+    if "kernel" not in _FLEX:
+        _FLEX["kernel"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["kernel"](q, k, v, block_mask=_FLEX[key], scale=scale)
+
+
+def banded_attention(q, k, v, window, block, dropout_p=0.0, scale=None):
+    """Sliding-window attention for a full sequence (Tq == Tk, q_offset 0) in one batched SDPA call: queries are cut
+    into blocks of `block`, and block n attends the block + window - 1 keys ending at its last query, gathered with
+    unfold (a strided view). Cost O(T * (block + window)). Unlike slicing q/k/v once per block (model.py's
+    blocked_attention), its backward does not build a zero-filled full-size gradient per slice, which on CPU cost
+    more than the attention itself for narrow windows."""
+    B, H, T, hd = q.shape
+    nb = -(-T // block)
+    K = block + window - 1
+    pad_q = nb * block - T
+    # CPU's fused SDPA kernel takes 4-D inputs only (5-D falls back to the slow math path): blocks join the batch
+    def to_batch(t, size):  # (B, H, nb, size, hd) -> (B * nb, H, size, hd)
+        return t.transpose(1, 2).reshape(B * nb, H, size, hd)
+
+    def gather(t):  # keys of block n: absolute positions n*block - (window-1) ... n*block + block - 1
+        t = F.pad(t, (0, 0, window - 1, pad_q))
+        return to_batch(t.unfold(2, K, block).transpose(-1, -2), K)
+
+    t_idx = torch.arange(block, device=q.device)[:, None]
+    r_idx = torch.arange(K, device=q.device)[None, :]
+    band = (r_idx >= t_idx) & (r_idx <= t_idx + window - 1)  # query t sees key slots t..t+window-1
+    key_pos = torch.arange(nb, device=q.device)[:, None] * block - (window - 1) + torch.arange(K, device=q.device)
+    allowed = band[None] & (key_pos >= 0)[:, None, :]  # (nb, block, K): the left padding is never attended
+    allowed = allowed[None, :, None].expand(B, nb, 1, block, K).reshape(B * nb, 1, block, K)
+    q_blocks = to_batch(F.pad(q, (0, 0, 0, pad_q)).view(B, H, nb, block, hd), block)
+    y = F.scaled_dot_product_attention(q_blocks, gather(k), gather(v), attn_mask=allowed, dropout_p=dropout_p,
+                                       scale=scale)
+    return y.view(B, nb, H, block, hd).transpose(1, 2).reshape(B, H, nb * block, hd)[:, :, :T]
+
+
+def windowed_kernel(q, k, v, mask, dropout_p=0.0, scale=None, flex=True):
+    """A plain sliding window over a full sequence: FlexAttention on CUDA, the banded kernel on CPU. Anything else
+    (cached decoding, where q_offset > 0) goes to model.py's SDPA path."""
+    plain_window = (mask.window is not None and mask.causal and mask.q_offset == 0 and mask.distance_bias is None
+                    and mask.allowed is None and mask.bias is None and q.size(-2) == k.size(-2))
+    if plain_window and q.is_cuda and flex and dropout_p == 0.0:
+        return _flex_attention(q, k, v, mask.window, scale)
+    if plain_window and mask.block and q.size(-2) > mask.window + mask.block:
+        return banded_attention(q, k, v, mask.window, mask.block, dropout_p, scale)
+    return sdpa_attention(q, k, v, mask, dropout_p, scale)
+
+
+class WindowedAttention(CausalSelfAttention):
+    def __init__(self, config, layer_idx, window):
+        super().__init__(config, layer_idx)
+        self.window = window
+        self.block = config.attn_block or (auto_block(window) if window else 128)
+        if window and config.attn_impl == "sdpa":
+            self.kernel = functools.partial(windowed_kernel, flex=config.flex_attention)
+
+    def mask(self, Tq, Tk, q_offset):
+        # the farthest pair is the last query and key 0 (keys are numbered from the first key handed in)
+        if self.window is None or self.window > q_offset + Tq - 1:
+            return AttnMask(causal=True, q_offset=q_offset)
+        return AttnMask(causal=True, window=self.window, q_offset=q_offset, block=self.block)
+
+    def attended_entries(self, T):
+        w = self.window
+        if w is None or w >= T:
+            return T * (T + 1) // 2
+        return w * (w + 1) // 2 + (T - w) * w  # queries i < w see i + 1 keys, the rest see w
+
+    def extra_repr(self):
+        return f"window={self.window or 'full'}, block={self.block}"
+
+
+class RollingKVCache:
+    """Keeps only the last window-1 keys/values (all a windowed layer can reach from the next query). `len` is the
+    number retained, so the attention's q_offset counts from the first retained key and distances stay exact."""
+
+    def __init__(self, window):
+        self.keep = window - 1
+        self.k = self.v = None
+
+    @property
+    def len(self):
+        return 0 if self.k is None else self.k.size(-2)
+
+    def append(self, k, v):
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+        start = max(0, k.size(-2) - self.keep)
+        self.k, self.v = k[:, :, start:], v[:, :, start:]
+        return k, v
+
+
+@register("layerwise")
+class LayerwiseGPT(GPT):
+    config_class = LayerwiseConfig
+
+    def __init__(self, config):
+        config.validate()
+        self.windows = layer_windows(config)
+        super().__init__(config)
+
+    def make_attention(self, layer_idx):
+        return WindowedAttention(self.config, layer_idx, self.windows[layer_idx])
+
+    def make_caches(self, batch_size, device, dtype):
+        c = self.config
+        return [RollingKVCache(w) if w is not None and w < c.block_size else
+                KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
+                for w in self.windows]
+
+    def log_metrics(self):
+        T = self.config.block_size
+        attended = sum(b.attn.attended_entries(T) for b in self.transformer.h)
+        return {"attended_fraction_of_causal": attended / (len(self.transformer.h) * T * (T + 1) / 2)}
+
+
+    # ---- fine-tuning pretrained GPT-2 with windows
+    @classmethod
+    def from_pretrained(cls, name_or_path, **overrides):
+        """GPT-2 weights with windows applied. name_or_path: an HF name/directory (then the window fields come from
+        overrides), or a schedule file written by `python variants/layerwise_window.py` (a .json file, or a directory
+        holding layerwise.json) that names the HF weights and the window fields. train.py's init_from passes only
+        dropout/block_size, so the schedule file is how a schedule reaches a fine-tuning run."""
+        spec_path = Path(name_or_path)
+        spec_path = spec_path / SCHEDULE_FILE if spec_path.is_dir() else spec_path
+        if spec_path.suffix == ".json" and spec_path.is_file():
+            try:
+                spec = json.loads(spec_path.read_text())
+            except ValueError as e:
+                raise ValueError(f"{spec_path}: not valid JSON ({e})") from None
+            source = str(spec.pop("init_from", spec_path.parent))
+            unknown = sorted(set(spec) - SCHEDULE_KEYS)
+            if unknown:
+                raise ValueError(f"{spec_path}: unknown keys {unknown} (allowed: init_from, {sorted(SCHEDULE_KEYS)})")
+            if (spec_path.parent / source).exists():  # paths in the file are relative to it
+                source = str(spec_path.parent / source)
+            name_or_path, overrides = source, {**spec, **overrides}
+        return super().from_pretrained(name_or_path, **overrides)
+
+
+SCHEDULE_FILE = "layerwise.json"
+# every field a schedule file may set: the window fields, not the architecture (that comes from the weights)
+SCHEDULE_KEYS = ({f for f in LayerwiseConfig.__dataclass_fields__} - set(GPTConfig.__dataclass_fields__)
+                 | {"block_size", "dropout", "attn_impl"})
+
+
+@dataclass
+class ScheduleFileConfig:
+    init_from: str = "gpt2"  # HF name or local HF directory
+    out: str = "layerwise_gpt2.json"  # the schedule file to write (a directory gets layerwise.json inside)
+    overwrite: bool = False
+    variant: str = "layerwise"
+
+
+def write_schedule_file(argv):
+    """CLI: check that the schedule fits the weights (by building the model), then write the schedule file."""
+    import configurator
+    try:
+        # not configurator.resolve: it would validate the windows against the default n_layer, before the
+        # pretrained weights tell the real depth (from_pretrained below validates them)
+        values = configurator.parse_args(argv)
+        bad = sorted(set(values) - SCHEDULE_KEYS - set(ScheduleFileConfig.__dataclass_fields__))
+        if bad:
+            raise configurator.ConfigError(f"cannot set {bad} here: allowed are {sorted(SCHEDULE_KEYS)} and "
+                                           f"{sorted(ScheduleFileConfig.__dataclass_fields__)} (the architecture "
+                                           f"comes from the pretrained weights)")
+        explicit = set(values)
+        cfg = configurator._build(ScheduleFileConfig, values, set())  # type-checked, as train.py's keys
+        model_cfg = configurator._build(LayerwiseConfig, values, set())
+        if cfg.variant != "layerwise":
+            raise configurator.ConfigError(f"variant must be 'layerwise', got {cfg.variant!r}")
+        out = Path(cfg.out)
+        out = out / SCHEDULE_FILE if out.is_dir() or not out.suffix else out
+        if out.exists() and not cfg.overwrite:
+            raise configurator.ConfigError(f"{out} exists; pass --overwrite=True to replace it")
+        spec = {k: getattr(model_cfg, k) for k in sorted(explicit & SCHEDULE_KEYS)}
+        model = LayerwiseGPT.from_pretrained(cfg.init_from, **spec)
+    except (configurator.ConfigError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = Path(cfg.init_from)
+    init_from = str(source.resolve()) if source.exists() else cfg.init_from
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"init_from": init_from, **spec}, indent=1) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}: {cfg.init_from} with windows {[w or 'full' for w in model.windows]}")
+    return 0
