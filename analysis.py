@@ -1,0 +1,238 @@
+"""
+Attention analysis for any variant's checkpoint (SPEC §3.4), from the dense reference path:
+
+    python analysis.py --ckpt=out-x/ckpt.pt --data_dir=/tmp/ts
+    python analysis.py --ckpt=out-full/ckpt.pt,out-aggressive/ckpt.pt --labels=full,aggressive --out_dir=/tmp/an
+
+Per layer and per head, over a batch of eval sequences: attention entropy H = -sum_j a_ij log(a_ij + 1e-10) averaged
+over queries i; the fraction of attention weights below 0.01 (over the pairs the mask allows, and over all T^2);
+the mean attention distance sum_j a_ij (i - j). Per layer, from the mask: attended pairs, sparsity against T^2 and
+against the causal triangle T(T+1)/2, the average attended span (allowed keys per query) and T^2 / attended
+("memory reduction"); overall = sum over layers. Writes analysis.json, analysis.md, entropy.png (per-layer entropy,
+one curve per checkpoint) and heatmaps/<label>_layer<l>.png (head-averaged weights of the first sequence, cropped).
+
+How the weights are obtained, for every variant alike: forward pre-hooks on each CausalSelfAttention capture the
+inputs it really gets (x, pos, cache, mask) during a normal forward pass; each module's attention_weights(x, pos,
+mask) then recomputes its probabilities with the dense reference kernel, one layer at a time.
+"""
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import checkpoint
+import configurator
+from data.common import DataError, load_meta, open_split
+from model import CausalSelfAttention
+
+
+@dataclass
+class AnalysisConfig:
+    ckpt: str = ""  # checkpoint path(s), comma-separated; a directory means <dir>/ckpt.pt
+    labels: str = ""  # comma-separated labels (default: the checkpoint's parent directory names)
+    data_dir: str = ""  # default: the data_dir the checkpoint was trained with
+    split: str = "val"
+    batch_size: int = 4  # eval sequences
+    seq_len: int = 0  # 0 = the model's block_size
+    crop: int = 128  # heatmaps show the first crop x crop queries/keys (SPEC: 128 x 128 crops)
+    out_dir: str = "analysis_out"
+    device: str = "cpu"
+    seed: int = 0
+
+
+def capture_attention_inputs(model, idx, **batch):
+    """Run a forward pass and return [(module, (x, pos, cache, mask))] for every attention call, in call order."""
+    calls, handles = [], []
+
+    def grab(module, args, kwargs):
+        names = ("x", "pos", "cache", "mask")
+        bound = dict(zip(names, args), **kwargs)
+        calls.append((module, tuple(bound.get(n) for n in names)))
+
+    for m in model.modules():
+        if isinstance(m, CausalSelfAttention):
+            handles.append(m.register_forward_pre_hook(grab, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(idx, **batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def allowed_pairs(module, mask, Tq, Tk, device):
+    """Bool (Tq, Tk) of the pairs the layer's mask allows (averaged over any leading batch dims as 'any')."""
+    mask = module.mask(Tq, Tk, 0) if mask is None else mask
+    keep = mask.dense_allowed(Tq, Tk, device)
+    if keep is None:
+        return torch.ones(Tq, Tk, dtype=torch.bool, device=device)
+    keep = keep.expand(*keep.shape[:-2], Tq, Tk)
+    return keep.reshape(-1, Tq, Tk).any(0) if keep.dim() > 2 else keep
+
+
+def layer_stats(weights, keep):
+    """weights (B, H, T, T) probabilities, keep (T, T) allowed pairs -> per-head and mask statistics."""
+    B, H, Tq, Tk = weights.shape
+    w = weights.float()
+    entropy = -(w * torch.log(w + 1e-10)).sum(-1)  # (B, H, Tq)
+    n_allowed = keep.sum().item()
+    small = (w < 0.01)
+    dist = (torch.arange(Tq)[:, None] - torch.arange(Tk)[None, :]).to(w)  # i - j
+    causal_pairs = Tq * (Tq + 1) // 2 if Tq == Tk else keep.numel()
+    return {
+        "entropy_per_head": entropy.mean(dim=(0, 2)).tolist(),
+        "below_0.01_allowed_per_head": ((small & keep).sum(dim=(0, 2, 3)).float() / (B * n_allowed)).tolist(),
+        "below_0.01_all_per_head": (small.sum(dim=(0, 2, 3)).float() / (B * Tq * Tk)).tolist(),
+        "mean_distance_per_head": (w * dist).sum(-1).mean(dim=(0, 2)).tolist(),
+        "attended": n_allowed, "total": Tq * Tk, "causal_total": causal_pairs,
+        "sparsity_vs_T2": 1 - n_allowed / (Tq * Tk),
+        "sparsity_vs_causal": 1 - n_allowed / causal_pairs,
+        "avg_span": n_allowed / Tq,
+        "memory_reduction": Tq * Tk / n_allowed,
+    }
+
+
+def analyse(model, idx, crop=0, **batch):
+    """Per-layer statistics (list of dicts, in call order) and cropped head-averaged weights of sequence 0."""
+    model.eval()
+    layers, maps = [], []
+    for module, (x, pos, cache, mask) in capture_attention_inputs(model, idx, **batch):
+        with torch.no_grad():
+            weights = module.attention_weights(x, pos, mask)
+        keep = allowed_pairs(module, mask, weights.size(-2), weights.size(-1), weights.device).cpu()
+        stats = layer_stats(weights.cpu(), keep)
+        stats["entropy"] = float(np.mean(stats["entropy_per_head"]))
+        stats["below_0.01_allowed"] = float(np.mean(stats["below_0.01_allowed_per_head"]))
+        stats["below_0.01_all"] = float(np.mean(stats["below_0.01_all_per_head"]))
+        stats["mean_distance"] = float(np.mean(stats["mean_distance_per_head"]))
+        layers.append(stats)
+        if crop:
+            maps.append(weights[0].float().mean(0)[:crop, :crop].cpu().numpy())
+        del weights
+    overall = {"attended": sum(s["attended"] for s in layers), "total": sum(s["total"] for s in layers),
+               "causal_total": sum(s["causal_total"] for s in layers)}
+    overall.update(sparsity_vs_T2=1 - overall["attended"] / overall["total"],
+                   sparsity_vs_causal=1 - overall["attended"] / overall["causal_total"],
+                   memory_reduction=overall["total"] / overall["attended"])
+    return {"layers": layers, "overall": overall}, maps
+
+
+def eval_batch(data_dir, split, meta, batch_size, T, seed):
+    """batch_size random length-T windows of a split (fixed by seed), as (x, y) int64 tensors."""
+    data = open_split(data_dir, split, meta)
+    if len(data) <= T:
+        raise DataError(f"{data_dir}/{split}.bin has {len(data)} tokens, fewer than seq_len+1 = {T + 1}")
+    g = torch.Generator().manual_seed(seed)
+    ix = torch.randint(len(data) - T, (batch_size,), generator=g).tolist()
+    x = torch.from_numpy(np.stack([data[i:i + T] for i in ix]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + T] for i in ix]).astype(np.int64))
+    return x, y
+
+
+def plot_entropy(reports, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, rep in reports.items():
+        layers = rep["layers"]
+        ls = range(len(layers))
+        axes[0].plot(ls, [s["entropy"] for s in layers], marker="o", label=label)
+        axes[1].plot(ls, [s["mean_distance"] for s in layers], marker="o", label=label)
+    axes[0].set(xlabel="layer", ylabel="entropy (nats), mean over heads, queries, sequences",
+                title="attention entropy per layer")
+    axes[1].set(xlabel="layer", ylabel="mean attention distance (tokens)", yscale="symlog",
+                title="how far back attention looks")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heatmap(weights, title, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    im = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-6))
+    ax.set(title=title, xlabel="key j", ylabel="query i")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(reports):
+    lines = ["| checkpoint | layer | entropy | weights < 0.01 (allowed / all) | mean distance | avg span "
+             "| sparsity vs T^2 / causal | T^2 / attended |", "|---|---|---|---|---|---|---|---|"]
+    for label, rep in reports.items():
+        for l, s in enumerate(rep["layers"]):
+            lines.append(f"| {label} | {l} | {s['entropy']:.3f} | {s['below_0.01_allowed']:.3f} / "
+                         f"{s['below_0.01_all']:.3f} | {s['mean_distance']:.1f} | {s['avg_span']:.1f} "
+                         f"| {s['sparsity_vs_T2']:.3f} / {s['sparsity_vs_causal']:.3f} | {s['memory_reduction']:.2f} |")
+        o = rep["overall"]
+        lines.append(f"| {label} | all | | | | | {o['sparsity_vs_T2']:.3f} / {o['sparsity_vs_causal']:.3f} "
+                     f"| {o['memory_reduction']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    try:
+        cfg, _, _ = configurator.resolve(argv, AnalysisConfig, model=False)
+        paths = [Path(p) for p in cfg.ckpt.split(",") if p]
+        if not paths:
+            raise configurator.ConfigError("give --ckpt=PATH[,PATH...] (a checkpoint file or its out_dir)")
+        paths = [p / "ckpt.pt" if p.is_dir() else p for p in paths]
+        labels = cfg.labels.split(",") if cfg.labels else [p.parent.name for p in paths]
+        if len(labels) != len(paths) or len(set(labels)) != len(labels):
+            raise configurator.ConfigError(f"need one distinct label per checkpoint, got {labels}")
+        if cfg.batch_size < 1 or cfg.seq_len < 0 or cfg.crop < 0:
+            raise configurator.ConfigError("batch_size must be >= 1, seq_len and crop >= 0")
+        ckpts = [checkpoint.load(p) for p in paths]
+        models = [checkpoint.build_model(c, p) for c, p in zip(ckpts, paths)]
+        batches = []
+        for c, m in zip(ckpts, models):
+            data_dir = cfg.data_dir or (c.get("config") or {}).get("data_dir", "")
+            if not data_dir:
+                raise configurator.ConfigError("the checkpoint records no data_dir; pass --data_dir")
+            meta = load_meta(data_dir)
+            T = cfg.seq_len or m.config.block_size
+            if T > m.config.block_size:
+                raise configurator.ConfigError(f"seq_len={T} exceeds the model's block_size {m.config.block_size}")
+            batches.append(eval_batch(data_dir, cfg.split, meta, cfg.batch_size, T, cfg.seed))
+    except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(cfg.out_dir)
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    reports = {}
+    for label, ckpt, model, (x, y) in zip(labels, ckpts, models, batches):
+        model.to(device)
+        batch = model.prepare_batch(x.to(device), y.to(device), generator=torch.Generator().manual_seed(cfg.seed))
+        idx = batch.pop("idx")
+        batch.pop("targets", None)
+        rep, maps = analyse(model, idx, crop=cfg.crop, **batch)
+        rep.update(variant=ckpt["variant"], T=idx.size(1), sequences=idx.size(0),
+                   windows=[getattr(m, "window", None) for m in model.modules() if isinstance(m, CausalSelfAttention)])
+        reports[label] = rep
+        for l, w in enumerate(maps):
+            plot_heatmap(w, f"{label} layer {l} (head mean)", out / "heatmaps" / f"{label}_layer{l}.png")
+        print(f"{label}: entropy per layer " + " ".join(f"{s['entropy']:.2f}" for s in rep["layers"]))
+    plot_entropy(reports, out / "entropy.png")
+    table = markdown(reports)
+    (out / "analysis.json").write_text(json.dumps({"config": asdict(cfg), "reports": reports}, indent=1) + "\n")
+    (out / "analysis.md").write_text(f"`python analysis.py {' '.join(argv)}`\n\n{table}\n")
+    print(table)
+    print(f"wrote {out / 'analysis.json'}, {out / 'analysis.md'}, {out / 'entropy.png'}, {out / 'heatmaps'}/")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

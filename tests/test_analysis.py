@@ -1,0 +1,140 @@
+"""analysis.py: attention statistics from the dense reference path, for any variant; exact values on uniform
+attention, mask accounting against the variant's own FLOP count, CLI outputs and errors."""
+import json
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+import analysis
+import checkpoint
+import variants  # noqa: F401
+from data.common import write_dataset
+from model import VARIANTS, CausalSelfAttention, get_variant
+
+T = 24
+SHAPE = dict(n_layer=3, n_head=2, n_embd=16, block_size=T, vocab_size=41, dropout=0.0)
+
+
+def build(name, **kw):
+    torch.manual_seed(0)
+    cls = get_variant(name)
+    return cls(cls.config_class(**{**SHAPE, **kw}))
+
+
+def uniform(model):
+    """Zero query/key projections: every allowed key gets the same weight, so the statistics have closed forms."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, CausalSelfAttention):
+                m.c_attn.weight[:2 * m.n_embd].zero_()
+                if m.c_attn.bias is not None:
+                    m.c_attn.bias[:2 * m.n_embd].zero_()
+    return model
+
+
+@pytest.mark.parametrize("windows", [[0, 0, 0], [0, 4, 1], [3, 7, 2]])
+def test_uniform_attention_statistics_are_exact(windows):
+    model = uniform(build("layerwise", windows=windows))
+    rep, maps = analysis.analyse(model, torch.randint(0, 41, (3, T)), crop=10)
+    assert len(rep["layers"]) == 3 and len(maps) == 3 and maps[0].shape == (10, 10)
+    for w, s in zip(windows, rep["layers"]):
+        w = w or T
+        n = [min(i + 1, w) for i in range(T)]  # keys per query
+        assert s["entropy"] == pytest.approx(np.mean([math.log(k) for k in n]), abs=1e-4)
+        assert s["mean_distance"] == pytest.approx(np.mean([(k - 1) / 2 for k in n]), abs=1e-4)
+        assert s["attended"] == sum(n) and s["avg_span"] == pytest.approx(sum(n) / T)
+        assert s["sparsity_vs_T2"] == pytest.approx(1 - sum(n) / T ** 2)
+        assert s["sparsity_vs_causal"] == pytest.approx(1 - sum(n) / (T * (T + 1) / 2))
+        assert s["below_0.01_allowed"] == 0.0  # at most 24 keys: every weight >= 1/24
+        assert s["below_0.01_all"] == pytest.approx(1 - sum(n) / T ** 2)  # exactly the masked-out zeros
+    o = rep["overall"]
+    assert o["memory_reduction"] == pytest.approx(3 * T ** 2 / sum(s["attended"] for s in rep["layers"]))
+
+
+def test_mask_accounting_matches_the_variants_flop_count():
+    model = build("layerwise", windows=[5, 0, 2])
+    rep, _ = analysis.analyse(model, torch.randint(0, 41, (1, T)))
+    attns = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    assert [s["attended"] for s in rep["layers"]] == [m.attended_entries(T) for m in attns]
+
+
+def test_weights_come_from_the_real_inputs_of_every_layer():
+    model = build("gpt")
+    idx = torch.randint(0, 41, (2, T))
+    calls = analysis.capture_attention_inputs(model, idx)
+    assert [m.layer_idx for m, _ in calls] == [0, 1, 2]
+    x0 = model.transformer.h[0].ln_1(model.embed(idx, torch.arange(T)))
+    torch.testing.assert_close(calls[0][1][0], x0)  # layer 0 sees the normalised embeddings
+    rep, _ = analysis.analyse(model, idx)
+    weights = calls[1][0].attention_weights(*calls[1][1][:2], calls[1][1][3])
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, T, T)[..., 0])  # rows are distributions
+    assert torch.triu(weights[0, 0], 1).abs().max() == 0  # causal
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_registered_variant_can_be_analysed(name):
+    try:
+        model = build(name, n_layer=4)  # even depth for parallel pairs
+    except (TypeError, ValueError) as e:  # a variant whose config needs more than the shared shape
+        pytest.skip(f"{name}: {e}")
+    batch = model.prepare_batch(torch.randint(0, 41, (2, T)), torch.randint(0, 41, (2, T)),
+                                generator=torch.Generator().manual_seed(0))
+    idx = batch.pop("idx")
+    batch.pop("targets", None)
+    rep, _ = analysis.analyse(model, idx, **batch)
+    assert rep["layers"], name
+    for s in rep["layers"]:
+        assert s["entropy"] >= 0 and 0 < s["attended"] <= s["total"]
+        assert all(math.isfinite(h) for h in s["entropy_per_head"])
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    write_dataset(data, {"train": rng.integers(0, 41, 500), "val": rng.integers(0, 41, 300)},
+                  {"dataset": "test", "tokenizer": "char", "vocab_size": 41, "dtype": "uint8",
+                   "chars": [chr(65 + i) for i in range(41)]})
+    paths = {}
+    for label, kw in {"full": {}, "aggressive": {"schedule": "aggressive"}}.items():
+        model = build("layerwise", **kw)
+        path = tmp_path / label / "ckpt.pt"
+        path.parent.mkdir()
+        checkpoint.save({"variant": "layerwise", "model_args": asdict(model.config), "model": model.state_dict(),
+                         "config": {"data_dir": str(data)}}, path)
+        paths[label] = path
+    return tmp_path, data, paths
+
+
+def test_cli_writes_tables_plots_and_json(tiny_run, capsys):
+    tmp_path, data, paths = tiny_run
+    out = tmp_path / "an"
+    analysis.main([f"--ckpt={paths['full'].parent},{paths['aggressive']}", "--labels=full,aggressive",
+                   f"--out_dir={out}", "--batch_size=2", "--crop=16", "--seq_len=20"])
+    report = json.loads((out / "analysis.json").read_text())["reports"]
+    assert set(report) == {"full", "aggressive"} and report["full"]["T"] == 20
+    assert report["aggressive"]["windows"] == [None, 512, 256]  # 3-layer aggressive; windows >= T act as causal
+    assert (out / "entropy.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted(
+        f"{lab}_layer{l}.png" for lab in ("full", "aggressive") for l in range(3))
+    assert "| full | 0 |" in (out / "analysis.md").read_text()
+    assert "entropy per layer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "give --ckpt"),
+    (["--ckpt=/nonexistent/ckpt.pt"], "not found"),
+    (["--ckpt={full}", "--seq_len=99"], "exceeds the model's block_size 24"),
+    (["--ckpt={full}", "--labels=a,b"], "one distinct label per checkpoint"),
+    (["--ckpt={full}", "--data_dir=/nonexistent"], "meta.json not found"),
+    (["--ckpt={full}", "--bogus=1"], "unknown config key 'bogus'"),
+])
+def test_cli_errors_are_one_clear_line(tiny_run, capsys, args, message):
+    _, _, paths = tiny_run
+    with pytest.raises(SystemExit) as e:
+        analysis.main([a.format(full=paths["full"]) for a in args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
