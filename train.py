@@ -411,7 +411,9 @@ def main(argv):
                            **{f"model/{k}": v for k, v in raw_model.log_metrics().items()}})
                 improved = results["val/loss"] < best_val_loss
                 best_val_loss = min(best_val_loss, results["val/loss"])
-                if iter_num > start_iter and not cfg.eval_only:
+                if not math.isfinite(results["val/loss"]):
+                    print(f"warning: non-finite val loss at iter {iter_num}; {ckpt_path} is not overwritten")
+                elif iter_num > start_iter and not cfg.eval_only:
                     if improved:
                         save(iter_num, best_val_loss, eval_done=True, best=True)
                     if improved or cfg.always_save_checkpoint:
