@@ -1,5 +1,7 @@
 """Layer-wise sliding windows (SPEC §3): schedule tables, window semantics, banded kernel == dense reference with
 gradients, causality and locality, rolling-cache generation, GPT-2 import, checkpoints, config errors."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -278,3 +280,18 @@ def test_train_from_scratch_loss_goes_down(tmp_path, shakespeare_dir):
     assert evals[-1]["val/loss"] < evals[0]["val/loss"] - 0.3
     model = checkpoint.build_model(checkpoint.load(out / "ckpt.pt"))
     assert model.windows == [None, 512, 256, 128]
+
+
+def test_flex_block_mask_matches_dense_and_is_shared():
+    """The CUDA path's block mask, run through eager FlexAttention on CPU (forward only: no CPU backward in torch
+    2.13). The compiled CUDA kernel itself is untested here: no GPU in this project's CI."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    from variants.layerwise_window import sliding_block_mask
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 16) for _ in range(3))
+    bm = sliding_block_mask(20, 256, "cpu")
+    assert sliding_block_mask(20, 256, "cpu") is bm and sliding_block_mask(21, 256, "cpu") is not bm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile": fine for a reference
+        y = flex.flex_attention(q, k, v, block_mask=bm)
+    torch.testing.assert_close(y, dense_attention(q, k, v, AttnMask(window=20)), atol=1e-5, rtol=1e-4)

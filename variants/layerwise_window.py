@@ -159,17 +159,24 @@ def auto_block(window):
 _FLEX = {}
 
 
-def _flex_attention(q, k, v, window, scale):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    T = q.size(-2)
-    key = (window, T, q.device)
+def sliding_block_mask(window, T, device):
+    """FlexAttention BlockMask of a causal sliding window, cached per (window, T, device): every layer with the same
+    window shares it (its forward, eager, is checked against the dense reference on CPU in the tests)."""
+    key = (window, T, str(device))
     if key not in _FLEX:
+        from torch.nn.attention.flex_attention import create_block_mask
+
         def sliding(b, h, qi, kj):
             return (kj <= qi) & (qi - kj < window)
-        _FLEX[key] = create_block_mask(sliding, None, None, T, T, device=q.device)
+        _FLEX[key] = create_block_mask(sliding, None, None, T, T, device=device)
+    return _FLEX[key]
+
+
+def _flex_attention(q, k, v, window, scale):
+    from torch.nn.attention.flex_attention import flex_attention
     if "kernel" not in _FLEX:
-        _FLEX["kernel"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["kernel"](q, k, v, block_mask=_FLEX[key], scale=scale)
+        _FLEX["kernel"] = torch.compile(flex_attention, dynamic=False)  # eager flex is a slow reference
+    return _FLEX["kernel"](q, k, v, block_mask=sliding_block_mask(window, q.size(-2), q.device), scale=scale)
 
 
 def banded_attention(q, k, v, window, block, dropout_p=0.0, scale=None):
