@@ -127,13 +127,14 @@ def test_banded_kernel_only_computes_reachable_keys(monkeypatch):
     assert qs[-2] == 32 and ks[-2] == 32 + 16 - 1 and qs[0] == 256 // 32
 
 
-@pytest.mark.parametrize("schedule", [dict(schedule="aggressive"), dict(windows=[3, 1, 0, 9])])
+@pytest.mark.parametrize("schedule", [dict(schedule="aggressive", attn_block=2), dict(windows=[3, 1, 0, 9], attn_block=2),
+                                      dict(windows=[3, 1, 0, 9], attn_block=16)])  # banded kernel; masked SDPA
 def test_fast_and_dense_model_paths_agree_with_gradients(schedule):
     idx = torch.randint(0, 37, (3, 40))
     tgt = torch.randint(0, 37, (3, 40))
     outs = []
     for impl in ("sdpa", "dense"):
-        model = tiny(attn_impl=impl, attn_block=4, **schedule)  # block 4 so the banded kernel runs at T=40
+        model = tiny(attn_impl=impl, **schedule)
         logits, loss = model(idx, tgt)
         loss.backward()
         outs.append((logits, {n: p.grad.clone() for n, p in model.named_parameters()}))
@@ -144,7 +145,7 @@ def test_fast_and_dense_model_paths_agree_with_gradients(schedule):
 
 @pytest.mark.parametrize("impl", ["sdpa", "dense"])
 def test_causal_and_window_limited_by_gradients(impl):
-    model = tiny(attn_impl=impl, windows=[3, 2, 3, 1], attn_block=4)
+    model = tiny(attn_impl=impl, windows=[3, 2, 3, 1], attn_block=2)
     idx = torch.randint(0, 37, (2, 40))
     for t in (0, 17, 38):
         future, past = future_gradient(model, idx, t)

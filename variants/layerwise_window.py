@@ -216,7 +216,9 @@ def windowed_kernel(q, k, v, mask, dropout_p=0.0, scale=None, flex=True):
                     and mask.allowed is None and mask.bias is None and q.size(-2) == k.size(-2))
     if plain_window and q.is_cuda and flex and dropout_p == 0.0:
         return _flex_attention(q, k, v, mask.window, scale)
-    if plain_window and mask.block and q.size(-2) > mask.window + mask.block:
+    # banded pays off once a query block's keys are a small part of the sequence; measured on CPU (1 thread):
+    # 0.1-0.5x of causal SDPA from T=256 under this rule, up to 4x slower without it at T=128
+    if plain_window and mask.block and 4 * (mask.block + mask.window - 1) <= q.size(-2):
         return banded_attention(q, k, v, mask.window, mask.block, dropout_p, scale)
     return sdpa_attention(q, k, v, mask, dropout_p, scale)
 
