@@ -131,9 +131,10 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         return bias.masked_fill(dead, float("-inf"))
 
     def reach(self):
-        """Distances the layer can attend: 0..reach-1, with reach = ceil(max_h z_h + R) rounded up to the block."""
+        """Distances the layer can attend: 0..reach-1, rounded up to the block. m_span(d) > 1e-6 needs
+        d < z + R(1 - 1e-6); the margin keeps z = 128.00001 (float error) from costing a whole extra block."""
         with torch.no_grad():
-            r = math.ceil(float(self.spans().max()) + self.softness)
+            r = math.ceil(float(self.spans().max()) + self.softness * (1 - MASK_FLOOR))
         return -(-r // self.block) * self.block
 
     def mask(self, Tq, Tk, q_offset):

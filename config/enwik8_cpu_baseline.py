@@ -21,9 +21,9 @@ bias = False
 learning_rate = 1e-3
 min_lr = 1e-4
 beta2 = 0.99
-warmup_iters = 50
-max_iters = 1000
-lr_decay_iters = 1000
+warmup_iters = 40
+max_iters = 400
+lr_decay_iters = 400
 
 variant = "adaptive_span"
 use_adaptive_attention = False

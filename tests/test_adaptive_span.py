@@ -70,6 +70,9 @@ def test_span_ramp_and_log_mask_values():
     assert torch.isinf(bias[10:]).all() and (bias[10:] < 0).all()  # mask 0 -> -inf
     torch.testing.assert_close(bias[:10].exp(), m_span[0, :10])
     assert attn.reach() == 16  # ceil(6 + 4) = 10, rounded up to the block of 8
+    for block in tiny().transformer.h:  # every distance the span mask keeps lies within the reach
+        m_span, _ = block.attn.mask_values(64)
+        assert (m_span > 1e-6).sum(-1).max() <= block.attn.reach() < 64
 
 
 def test_combined_mask_and_density():
