@@ -295,7 +295,8 @@ class AdaptiveSpanGPT(GPT):
         fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
         for ax, values, title in zip(axes[0], (spans, periods), ("span z (tokens)", "period p")):
             image = ax.imshow(values.numpy(), aspect="auto", cmap="viridis")
-            ax.set(title=f"{title} per head", xlabel="head", ylabel="layer")
+            ax.set(title=f"{title} per head", xlabel="head", ylabel="layer",
+                   xticks=range(values.size(1)), yticks=range(values.size(0)))
             fig.colorbar(image, ax=ax)
         fig.tight_layout()
         path = Path(out_dir) / "adaptive_span_heads.png"
