@@ -283,6 +283,8 @@ class Encoder(GPT):
         generator, the randomness is seeded from the tokens themselves so every evaluation sees the same masks."""
         if generator is None and not self.training:
             generator = torch.Generator().manual_seed(int(x[:, :16].sum()) * 1_000_003 + int(x[:, -1].sum()))
+        elif generator is not None and generator.device.type != "cpu":  # train.py hands a CUDA generator on GPUs
+            generator = torch.Generator().manual_seed(generator.initial_seed())
         ids, types, labels = self.make_pairs(x.cpu(), generator)
         ids, targets = self.mask_tokens(ids, generator)
         batch = {"idx": ids.to(x.device), "targets": targets.to(x.device), "token_type_ids": types.to(x.device)}

@@ -1,0 +1,280 @@
+"""BERT, ALBERT, DeBERTa: parity with transformers, bidirectionality, paths, batch construction (pairs, MLM 80/10/10,
+n-grams), EMD, FLOP accounting of the shared layer, errors, and train.py / sample.py --mode=fill end to end."""
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import checkpoint
+import variants  # noqa: F401
+from model import get_variant
+from variants.deberta import Deberta, DebertaConfig
+
+ENCODERS = ["bert", "albert", "deberta"]
+EXTRA = {"bert": {}, "albert": {"embedding_size": 16}, "deberta": {"max_relative_positions": 4}}
+
+
+def tiny(name, **kw):
+    torch.manual_seed(0)
+    cls = get_variant(name)
+    config = cls.config_class(**{**dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=cls.model_vocab_size(60),
+                                        dropout=0.0), **EXTRA[name], **kw})
+    return cls(config)
+
+
+def randomise(hf):
+    """Random biases and LayerNorm affines (zero/one defaults would hide swapped or missing terms) and weights 5x the
+    0.02 init, so that small terms such as DeBERTa's p2c move the logits well above the 1e-4 tolerance."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.normal_(0.0 if name.endswith("bias") else 1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.1)
+
+
+def hf_pair(name, tmp_path):
+    """(ours, theirs) sharing the same random weights through save_pretrained / from_pretrained."""
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if name == "bert":
+        hf = T.BertForPreTraining(T.BertConfig(**common))
+    elif name == "albert":
+        hf = T.AlbertForPreTraining(T.AlbertConfig(embedding_size=16, classifier_dropout_prob=0.0, **common))
+    else:
+        hf = T.DebertaForMaskedLM(T.DebertaConfig(relative_attention=True, position_biased_input=False,
+                                                  pos_att_type=["c2p", "p2c"], max_relative_positions=4, **common))
+    randomise(hf)
+    hf.eval().save_pretrained(tmp_path)
+    return get_variant(name).from_pretrained(str(tmp_path)).eval(), hf
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_parity_with_transformers(name, tmp_path):
+    ours, hf = hf_pair(name, tmp_path)
+    torch.manual_seed(1)
+    idx = torch.randint(0, 64, (2, 14))  # 14 > 2k = 8: DeBERTa's relative distances are clamped
+    types = torch.cat([torch.zeros(2, 6, dtype=torch.long), torch.ones(2, 8, dtype=torch.long)], 1)
+    attn = torch.ones(2, 14, dtype=torch.long)
+    attn[1, 10:] = 0  # padding in the second row
+    kw = {} if name == "deberta" else {"token_type_ids": types}
+    with torch.no_grad():
+        theirs = hf(input_ids=idx, attention_mask=attn, **kw)
+        logits, _ = ours(idx, attention_mask=attn, **kw)
+    keep = attn.bool()
+    mlm_theirs = theirs.logits if name == "deberta" else theirs.prediction_logits
+    torch.testing.assert_close(logits["mlm"][keep], mlm_theirs[keep], atol=1e-4, rtol=0)
+    if name != "deberta":
+        pair = theirs.seq_relationship_logits if name == "bert" else theirs.sop_logits
+        torch.testing.assert_close(logits["pair"], pair, atol=1e-4, rtol=0)
+
+
+def test_deberta_p2c_reads_the_official_index(tmp_path):
+    """The parity above pins p2c at Q_r[clamp(i-j+k)] for query i, key j (official code and transformers); reading
+    the other diagonal, Q_r[clamp(j-i+k)], gives different scores, so the parity test can tell the two apart."""
+    ours, _ = hf_pair("deberta", tmp_path)
+    attn = ours.transformer.h[0].attn
+    q, k = torch.randn(1, 4, 10, 8), torch.randn(1, 4, 10, 8)
+    rel = ours.transformer.rel.weight
+    bias = attn.relative_bias(q, k, rel)
+    span, scale = attn.span, (3 * 8) ** -0.5
+    q_r = attn.pos_q_proj(rel).view(-1, 4, 8).transpose(0, 1)
+    k_r = attn.pos_proj(rel).view(-1, 4, 8).transpose(0, 1)
+    i, j = 7, 2
+    d = min(max(i - j + span, 0), 2 * span - 1)
+    expected = (q[0, :, i] * k_r[:, d]).sum(-1) + (k[0, :, j] * q_r[:, d]).sum(-1)
+    torch.testing.assert_close(bias[0, :, i, j], expected * scale, atol=1e-5, rtol=1e-4)
+    d_other = min(max(j - i + span, 0), 2 * span - 1)
+    other = (q[0, :, i] * k_r[:, d]).sum(-1) + (k[0, :, j] * q_r[:, d_other]).sum(-1)
+    assert (bias[0, :, i, j] - other * scale).abs().max() > 1e-2
+
+
+def test_deberta_emd_is_the_paper_decoder():
+    """transformers' DebertaForMaskedLM has no Enhanced Mask Decoder (so parity runs with emd=False). With emd=True
+    the MLM head reads the last layer applied twice to queries I = absolute positions + H_{L-1}, keys/values H_{L-1}."""
+    model = tiny("deberta", n_layer=3).eval()
+    assert model.config.emd and "wpe" in model.transformer
+    idx = torch.randint(0, 60, (2, 12))
+    with torch.no_grad():
+        logits = model(idx)[0]["mlm"]
+        pos = torch.arange(12)
+        x = model.embed(idx, pos)
+        mask = model.shared_mask(x)
+        for block in model.transformer.h[:-1]:
+            x = block(x, pos, None, mask)
+        q = model.transformer.wpe(pos) + x
+        last = model.transformer.h[-1]
+        q = last(x, pos, None, mask, query=q)
+        q = last(x, pos, None, mask, query=q)
+        torch.testing.assert_close(logits, model.mlm_logits(q), atol=1e-5, rtol=1e-4)
+        model.config.emd = False  # plain encoder output (what transformers computes) differs
+        assert (model(idx)[0]["mlm"] - logits).abs().max() > 1e-3
+    # absolute positions enter only through the EMD: without it, the input embedding has no position term
+    with torch.no_grad():
+        e = model.embed(idx, pos)
+        torch.testing.assert_close(e[:, :6], model.embed(idx[:, :6], pos[:6]))
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+@pytest.mark.parametrize("impl", ["sdpa", "dense"])
+def test_bidirectional_by_gradients(name, impl):
+    model = tiny(name, attn_impl=impl)
+    idx = torch.randint(0, 60, (2, 12))
+    emb = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        emb["x"] = output
+
+    handle = model.transformer.wte.register_forward_hook(keep)
+    logits, _ = model(idx)
+    handle.remove()
+    logits["mlm"][:, 3].pow(2).sum().backward()
+    g = emb["x"].grad.abs()
+    assert g[:, 4:].amax() > 0 and g[:, :3].amax() > 0  # position 3 sees later and earlier tokens
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_sdpa_and_dense_paths_agree_with_gradients(name):
+    x = torch.randint(0, 60, (4, 16))
+    attn = torch.ones(4, 16, dtype=torch.long)
+    attn[2, 11:] = 0
+    outs = []
+    for impl in ("sdpa", "dense"):
+        model = tiny(name, attn_impl=impl)
+        batch = model.prepare_batch(x, x, torch.Generator().manual_seed(0))
+        logits, loss = model(**batch, attention_mask=attn)
+        loss.backward()
+        outs.append((logits["mlm"], {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
+    assert outs[0][1].keys() == outs[1][1].keys()
+    for n, g in outs[0][1].items():
+        torch.testing.assert_close(g, outs[1][1][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", ["bert", "albert"])
+def test_sentence_pairs(name):
+    model = tiny(name)
+    sp = model.config.special_ids()
+    x = torch.randint(0, 60, (64, 16))
+    ids, types, labels = model.make_pairs(x, torch.Generator().manual_seed(0))
+    assert ids.shape == (64, 16) and 0.3 < labels.float().mean() < 0.7
+    assert (ids[:, 0] == sp["cls"]).all() and (ids[:, -1] == sp["sep"]).all()
+    for r in range(64):
+        seps = (ids[r] == sp["sep"]).nonzero().flatten().tolist()
+        first, second = ids[r, 1:seps[0]], ids[r, seps[0] + 1:-1]
+        assert (types[r, :seps[0] + 1] == 0).all() and (types[r, seps[0] + 1:] == 1).all()
+        la = len(first) if not (labels[r] and name == "albert") else len(second)
+        a, b = x[r, :la], x[r, la:13]
+        if labels[r] == 0:  # positive: A then its continuation B, in order
+            assert torch.equal(first, a) and torch.equal(second, b)
+        elif name == "bert":  # NSP negative: A, then a segment that is not A's continuation
+            assert torch.equal(first, a) and not torch.equal(second, b)
+        else:  # SOP negative: the same two segments swapped
+            assert torch.equal(first, b) and torch.equal(second, a)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_mlm_masking_rates(name):
+    model = tiny(name, block_size=128)
+    sp = model.config.special_ids()
+    x = torch.randint(0, 60, (64, 128))
+    batch = model.prepare_batch(x, x, torch.Generator().manual_seed(0))
+    ids, t = batch["idx"], batch["targets"]
+    chosen = t != -1
+    normal = ids < sp["pad"]
+    assert not (chosen & (ids == sp["cls"])).any() and not (chosen & (ids == sp["sep"])).any()
+    rate = chosen.sum() / (chosen | normal).sum()
+    assert 0.13 < rate < 0.17
+    as_mask = (ids[chosen] == sp["mask"]).float().mean()
+    kept = (ids[chosen] == t[chosen]).float().mean()
+    assert 0.76 < as_mask < 0.84 and 0.07 < kept < 0.14  # 80 % [MASK], 10 % kept (+ random hits), 10 % random
+    assert not (ids == sp["mask"])[~chosen].any()
+    runs = chosen[:, 1:] & chosen[:, :-1]
+    adjacent = runs.sum() / chosen.sum()
+    if name == "albert":  # n-gram spans: many chosen tokens sit next to another chosen one
+        assert adjacent > 0.3
+    else:
+        assert adjacent < 0.25
+
+
+def test_eval_masks_are_deterministic_and_training_masks_vary():
+    model = tiny("bert")
+    x = torch.randint(0, 60, (4, 16))
+    model.eval()
+    a, b = model.prepare_batch(x, x), model.prepare_batch(x, x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model.train()
+    c, d = model.prepare_batch(x, x), model.prepare_batch(x, x)
+    assert not all(torch.equal(c[k], d[k]) for k in c)
+
+
+def test_albert_shares_one_layer_and_counts_its_flops_per_application():
+    albert, bert = tiny("albert", n_layer=4, attn_impl="dense"), tiny("bert", n_layer=4)
+    assert len(albert.transformer.h) == 1 and len(bert.transformer.h) == 4
+    assert albert.transformer.wte.weight.shape[1] == 16  # factorised E = 16 -> H = 32
+    T = 16
+    x = torch.randn(1, T, 32)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        albert.run_blocks(x, torch.arange(T))
+    block = albert.transformer.h[0]
+    analytic = sum(2 * m.weight.numel() * albert.linear_calls_per_token(m) for m in block.modules()
+                   if isinstance(m, torch.nn.Linear))
+    analytic += albert.flops_per_token(T)["attention"]
+    assert counter.get_total_flops() == analytic * T
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_fill_mask_and_refusals(name):
+    model = tiny(name).eval()
+    out = model.fill_mask([[1, 2, 3], [4, 5], [6]], top_k=3)
+    assert len(out) == 2 and all(len(c) == 3 for c in out)
+    for cands in out:
+        probs = [p for _, p in cands]
+        assert probs == sorted(probs, reverse=True) and all(t < 60 for t, _ in cands)
+    with pytest.raises(ValueError, match="not autoregressive"):
+        model.generate(torch.zeros(1, 2, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="block_size"):
+        model.fill_mask([list(range(10)), list(range(10))])
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="pair_task must be one of"):
+        tiny("bert", pair_task="mlm")
+    with pytest.raises(ValueError, match="needs type_vocab_size"):
+        tiny("bert", type_vocab_size=0)
+    with pytest.raises(ValueError, match="Enhanced Mask Decoder needs n_layer >= 2"):
+        Deberta(DebertaConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=64))
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        tiny("bert").prepare_batch(torch.zeros(1, 16, dtype=torch.long), None)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_train_resume_eval_and_fill(name, shakespeare_dir, tmp_path, capsys):
+    """The real loop (in-process, to skip interpreter start-up): MLM/pair metrics logged, the checkpoint rebuilds the
+    variant (ALBERT's single shared layer, DeBERTa's tables) and training resumes from it."""
+    import sample
+    import train
+    out = tmp_path / name
+    common = [f"--data_dir={shakespeare_dir}", f"--out_dir={out}", f"--variant={name}", "--device=cpu",
+              "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--eval_iters=2",
+              "--dropout=0.0"] + [f"--{k}={v}" for k, v in EXTRA[name].items()]
+    train.main([*common, "--max_iters=6", "--lr_decay_iters=6", "--warmup_iters=1", "--eval_interval=6"])
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    last = evals[-1]
+    assert {"val/loss", "val/mlm_acc", "val/bpc"} <= last.keys()  # bpc: char data; MLM CE in bits
+    assert ("val/nsp_acc" in last) == (name == "bert") and ("val/sop_acc" in last) == (name == "albert")
+    model = checkpoint.build_model(checkpoint.load(out / "ckpt.pt"))
+    assert type(model) is get_variant(name) and model.config.vocab_size == 69  # 65 chars + 4 specials
+    train.main([*common, "--init_from=resume", "--max_iters=8", "--lr_decay_iters=8", "--warmup_iters=1",
+                "--eval_interval=2"])  # resumes the variant with its optimiser state and goes on
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["iter"] for e in evals] == [0, 6, 8]
+    capsys.readouterr()
+    if name == "bert":
+        sample.main([f"--out_dir={out}", "--mode=fill", "--start=ROM[MASK]O", "--top_k=3"])
+        printed = capsys.readouterr().out
+        assert printed.startswith("ROM") and "[MASK] #1:" in printed

@@ -1,0 +1,197 @@
+"""DeBERTa v1 (He et al. 2021), SPEC §4.5 in its paper/official-code form.
+
+Disentangled attention: one relative-position table P (2k rows, width H) shared by all layers, per-layer
+projections K_r = P W_kr (no bias) and Q_r = P W_qr + b, and scores
+    A_ij = Q_i.K_j + Q_i.K_r[d(i,j)] + K_j.Q_r[d(i,j)],   d(i,j) = clamp(i - j + k, 0, 2k - 1),
+scaled by 1/sqrt(3 head_dim); p2p is dropped. The p2c index is the paper's delta(j, i) read on the key-major matrix
+and transposed, which makes it the same clamp(i - j + k) at (i, j): the official code and transformers do exactly
+this, and the parity test pins it. Content q/v carry separate biases (q_bias, v_bias), k none.
+No absolute positions at the input. Pre-training is MLM only, through the Enhanced Mask Decoder (emd=True): the query
+I = absolute position embedding + H_{L-1} (the second-to-last layer's output, which is also K and V) goes through the
+last layer twice (shared weights), and that output feeds the MLM head. transformers' DebertaForMaskedLM has no EMD,
+so the parity test turns it off (emd=False) and a separate test checks EMD against a hand computation.
+The two relative terms enter the fused kernels as an additive score bias (AttnMask.bias, differentiable)."""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import AttnMask, CausalSelfAttention, register
+from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock, hf_act, hf_linear, \
+    hf_overrides
+
+
+@dataclass
+class DebertaConfig(EncoderConfig):
+    pair_task: str = "none"  # DeBERTa pre-trains with MLM only
+    type_vocab_size: int = 0
+    layer_norm_eps: float = 1e-7
+    max_relative_positions: int = 0  # k; 0 = block_size (as the official -1 -> max_position_embeddings)
+    emd: bool = True  # Enhanced Mask Decoder for the MLM head
+
+    def validate(self):
+        super().validate()
+        if self.max_relative_positions < 0:
+            raise ValueError(f"max_relative_positions must be >= 0 (0 = block_size), got {self.max_relative_positions}")
+        if self.emd and self.n_layer < 2:
+            raise ValueError("the Enhanced Mask Decoder needs n_layer >= 2 (it re-uses the last layer on H_{L-1})")
+
+    def rel_span(self):
+        return self.max_relative_positions or self.block_size
+
+
+@dataclass
+class RelMask(AttnMask):
+    """The shared bidirectional/padding mask plus the shared relative-position table P (2k, H) for every layer."""
+    rel: torch.Tensor | None = None
+
+
+class DisentangledSelfAttention(BidirectionalSelfAttention):
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        H = config.n_embd
+        self.c_attn = nn.Linear(H, 3 * H, bias=False)  # [q; k; v]
+        self.q_bias = nn.Parameter(torch.zeros(H))
+        self.v_bias = nn.Parameter(torch.zeros(H))
+        self.pos_proj = nn.Linear(H, H, bias=False)  # W_{k,r}
+        self.pos_q_proj = nn.Linear(H, H)  # W_{q,r}
+        self.span = config.rel_span()
+
+    def relative_bias(self, q, k, rel):
+        """(c2p + p2c) for q (B, h, Tq, d) and k (B, h, Tk, d), already divided by sqrt(3 d)."""
+        Tq, Tk, scale = q.size(-2), k.size(-2), 1.0 / math.sqrt(3 * self.head_dim)
+        rel = F.dropout(rel, self.dropout, self.training)
+        k_r = self.split_heads(self.pos_proj(rel)[None])  # (1, h, 2k, d)
+        q_r = self.split_heads(self.pos_q_proj(rel)[None])
+        delta = (torch.arange(Tq, device=q.device)[:, None] - torch.arange(Tk, device=q.device)[None, :]
+                 + self.span).clamp(0, 2 * self.span - 1)  # (Tq, Tk)
+        c2p = torch.gather(q @ k_r.transpose(-1, -2), -1, delta.expand(*q.shape[:2], Tq, Tk))
+        # p2c: key j against Q_r, read at delta(i, j) on key-major rows, then transposed to (i, j)
+        p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, delta.t().expand(*k.shape[:2], Tk, Tq)).transpose(-1, -2)
+        return (c2p + p2c) * scale
+
+    def qkv(self, x, query=None):
+        H = self.n_embd
+        if query is None:
+            q, k, v = self.c_attn(x).split(H, dim=2)
+        else:  # EMD: queries from other states than keys/values, same weights
+            w = self.c_attn.weight
+            q, (k, v) = F.linear(query, w[:H]), F.linear(x, w[H:]).split(H, dim=2)
+        return self.split_heads(q + self.q_bias), self.split_heads(k), self.split_heads(v + self.v_bias)
+
+    def forward(self, x, pos, cache=None, mask=None, query=None):
+        q, k, v = self.qkv(x, query)
+        mask = self.full_mask(q, k, mask)
+        y = self.kernel(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0,
+                        scale=1.0 / math.sqrt(3 * self.head_dim))
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(x.shape)))
+
+    def full_mask(self, q, k, mask):
+        if mask is None or mask.rel is None:
+            raise ValueError("DeBERTa attention needs the model's shared RelMask (with the relative table)")
+        bias = self.relative_bias(q, k, mask.rel)
+        return AttnMask(causal=False, bias=bias if mask.bias is None else bias + mask.bias)
+
+    def attention_weights(self, x, pos, mask=None):
+        from model import dense_attention
+        q, k, v = self.qkv(x)
+        return dense_attention(q, k, v, self.full_mask(q, k, mask), scale=1.0 / math.sqrt(3 * self.head_dim),
+                               return_weights=True)[1]
+
+
+class DebertaBlock(PostLNBlock):
+    def forward(self, x, pos, cache=None, mask=None, query=None):
+        """query: EMD query states; the attention residual then adds to them, as in the official layer."""
+        residual = x if query is None else query
+        x = self.ln_1(residual + self.attn(x, pos, None, mask, query))
+        return self.ln_2(x + self.mlp(x))
+
+
+@register("deberta")
+class Deberta(Encoder):
+    config_class = DebertaConfig
+    input_positions = False  # relative positions only; absolute ones enter only in the EMD
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.transformer.rel = nn.Embedding(2 * config.rel_span(), config.n_embd)
+        self._init_weights(self.transformer.rel)
+
+    def make_attention(self, layer_idx):
+        return DisentangledSelfAttention(self.config, layer_idx)
+
+    def make_block(self, layer_idx):
+        return DebertaBlock(self.config, self.make_attention(layer_idx))
+
+    def make_position_embedding(self):
+        # the absolute positions of the Enhanced Mask Decoder (never added at the input)
+        return nn.Embedding(self.config.block_size, self.config.n_embd) if self.config.emd else None
+
+    def shared_mask(self, x, attention_mask=None):
+        m = super().shared_mask(x, attention_mask)
+        return RelMask(causal=False, bias=m.bias, rel=self.transformer.rel.weight)
+
+    def run_blocks(self, x, pos, caches=None, attention_mask=None, **batch):
+        mask, blocks = self.shared_mask(x, attention_mask), self.transformer.h
+        if not self.config.emd:
+            for block in blocks:
+                x = block(x, pos, None, mask)
+            return x
+        # EMD. The plain last-layer output H_L is not used by the MLM objective, so it is not computed here
+        for block in blocks[:-1]:
+            x = block(x, pos, None, mask)
+        query = self.transformer.wpe(pos) + x
+        for _ in range(2):
+            query = blocks[-1](x, pos, None, mask, query=query)
+        return query
+
+    def linear_calls_per_token(self, module):
+        if self.config.emd and any(module is m for m in self.transformer.h[-1].modules()):
+            return 2  # the last layer runs twice in the EMD
+        return 1
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        """Weights from a local Hugging Face DebertaForMaskedLM directory (v1, relative attention with c2p|p2c,
+        position_biased_input=False, no talking heads). transformers has no EMD, so the model loads with emd=False."""
+        from transformers import DebertaForMaskedLM
+        hf = DebertaForMaskedLM.from_pretrained(path)
+        hc = hf.config
+        if (not hc.relative_attention or getattr(hc, "position_biased_input", True) or getattr(hc, "talking_head", False)
+                or sorted(hc.pos_att_type or []) != ["c2p", "p2c"]):
+            raise ValueError("only DeBERTa v1 with relative_attention, pos_att_type c2p|p2c, "
+                             "position_biased_input=False and no talking heads is supported")
+        span = hc.max_relative_positions if hc.max_relative_positions > 0 else hc.max_position_embeddings
+        config = DebertaConfig(n_layer=hc.num_hidden_layers, n_head=hc.num_attention_heads, n_embd=hc.hidden_size,
+                               ffn_hidden=hc.intermediate_size, block_size=hc.max_position_embeddings,
+                               vocab_size=hc.vocab_size, type_vocab_size=hc.type_vocab_size,
+                               layer_norm_eps=hc.layer_norm_eps, hidden_act=hf_act(hc.hidden_act), bias=True,
+                               max_relative_positions=span, emd=False)
+        block_size = hf_overrides(config, overrides)
+        sd, ours, H = hf.state_dict(), {}, hc.hidden_size
+        ours["transformer.wte.weight"] = sd["deberta.embeddings.word_embeddings.weight"]
+        if config.type_vocab_size:
+            ours["transformer.wtt.weight"] = sd["deberta.embeddings.token_type_embeddings.weight"]
+        hf_linear(ours, sd, "transformer.ln_emb", "deberta.embeddings.LayerNorm")
+        ours["transformer.rel.weight"] = sd["deberta.encoder.rel_embeddings.weight"]
+        for i in range(config.n_layer):
+            p, o = f"deberta.encoder.layer.{i}.", f"transformer.h.{i}."
+            # HF's in_proj rows are per head [q_h; k_h; v_h]; ours are [q (all heads); k; v]
+            w = sd[p + "attention.self.in_proj.weight"]
+            ours[o + "attn.c_attn.weight"] = w.view(config.n_head, 3, -1, H).transpose(0, 1).reshape(3 * H, H)
+            for name in ("q_bias", "v_bias"):
+                ours[o + "attn." + name] = sd[p + "attention.self." + name]
+            hf_linear(ours, sd, o + "attn.pos_proj", p + "attention.self.pos_proj", bias=False)
+            hf_linear(ours, sd, o + "attn.pos_q_proj", p + "attention.self.pos_q_proj")
+            hf_linear(ours, sd, o + "attn.c_proj", p + "attention.output.dense")
+            hf_linear(ours, sd, o + "ln_1", p + "attention.output.LayerNorm")
+            hf_linear(ours, sd, o + "mlp.c_fc", p + "intermediate.dense")
+            hf_linear(ours, sd, o + "mlp.c_proj", p + "output.dense")
+            hf_linear(ours, sd, o + "ln_2", p + "output.LayerNorm")
+        head = "cls.predictions." if hc.legacy else "lm_predictions.lm_head."
+        hf_linear(ours, sd, "mlm_dense", head + ("transform.dense" if hc.legacy else "dense"))
+        hf_linear(ours, sd, "mlm_ln", head + ("transform.LayerNorm" if hc.legacy else "LayerNorm"))
+        ours["mlm_bias"] = sd[head + "bias"]
+        return cls(config).finish_import(ours, block_size)
