@@ -1,0 +1,130 @@
+"""
+Score a checkpoint on a whole split, every token exactly once, each with as much left context as the model allows:
+
+    python eval.py --out_dir=out-shakespeare-char-cpu --split=val
+    python eval.py --out_dir=out-wt2 --ckpt=best.pt --split=test --stride=256 --attention=True
+
+Strided sliding window: the first window of block_size tokens scores all its tokens; each later window moves by
+`stride` and scores only its last `stride` tokens, which therefore see at least block_size - stride tokens of context
+(stride = block_size gives disjoint blocks; smaller strides cost more and score better). Reports the loss in nats per
+token, bits per byte (from meta.json's byte counts), bits per character for byte and char data, token perplexity,
+per-word perplexity for WikiText (exp(total loss / (words + lines)), the count the published numbers use), and token
+accuracy. --attention=True adds the attention analysis (analysis.py) of the same checkpoint.
+"""
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import checkpoint
+import configurator
+from data.common import DataError, load_meta, open_split
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = "out"
+    ckpt: str = "ckpt.pt"
+    data_dir: str = ""  # default: the one the checkpoint was trained on
+    split: str = "val"
+    stride: int = 0  # 0 = block_size // 2
+    batch_size: int = 8  # windows per forward pass
+    max_tokens: int = 0  # score only the first N tokens of the split (0 = all)
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: bool = False  # also run the attention analysis (entropy, sparsity, heatmaps)
+
+
+def window_plan(n_tokens, block_size, stride):
+    """[(start, first scored offset)]: window [start, start + block_size) scores targets from that offset on."""
+    T = min(block_size, n_tokens - 1)
+    plan, start = [(0, 0)], 0
+    while start + T < n_tokens - 1:
+        nxt = min(start + stride, n_tokens - 1 - T)
+        plan.append((nxt, start + T - nxt))  # score only targets the previous window did not reach
+        start = nxt
+    return plan, T
+
+
+@torch.no_grad()
+def score(model, data, block_size, stride, batch_size, device, autocast):
+    """Total CE (nats), correct predictions and scored-token count over the whole token array."""
+    plan, T = window_plan(len(data), block_size, stride)
+    total, correct, count = 0.0, 0, 0
+    for i in range(0, len(plan), batch_size):
+        chunk = plan[i:i + batch_size]
+        x = torch.from_numpy(np.stack([data[s:s + T] for s, _ in chunk]).astype(np.int64)).to(device)
+        y = torch.from_numpy(np.stack([data[s + 1:s + 1 + T] for s, _ in chunk]).astype(np.int64)).to(device)
+        with autocast:
+            logits, _ = model(x)
+        losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
+        hits = logits.argmax(-1) == y
+        for row, (_, first) in enumerate(chunk):
+            total += losses[row, first:].double().sum().item()
+            correct += int(hits[row, first:].sum())
+            count += T - first
+    return total, correct, count
+
+
+def report(meta, split, total, correct, count, full_split):
+    loss = total / count
+    out = {"tokens_scored": count, "loss": loss, "token_ppl": math.exp(min(loss, 50.0)), "token_acc": correct / count}
+    info = meta["splits"][split]
+    if full_split and info.get("bytes"):
+        out["bits_per_byte"] = total / math.log(2) / info["bytes"]
+    if meta["tokenizer"] in ("byte", "char"):
+        out["bpc"] = loss / math.log(2)
+    if full_split and "words" in info and "lines" in info:
+        out["word_ppl"] = math.exp(min(total / (info["words"] + info["lines"]), 50.0))
+    return out
+
+
+def main(argv):
+    try:
+        cfg, _, _ = configurator.resolve(argv, EvalConfig, model=False)
+        if cfg.stride < 0 or cfg.batch_size < 1 or cfg.max_tokens < 0:
+            raise configurator.ConfigError("stride and max_tokens must be >= 0 and batch_size >= 1")
+        path = Path(cfg.out_dir) / cfg.ckpt
+        ckpt = checkpoint.load(path)
+        model = checkpoint.build_model(ckpt, path, dropout=0.0)
+        if not model.is_causal:
+            raise configurator.ConfigError(f"variant {ckpt['variant']!r} is not a causal LM; its MLM metrics are in "
+                                           f"the training eval (metrics.jsonl)")
+        data_dir = cfg.data_dir or ckpt["config"].get("data_dir", "")
+        meta = load_meta(data_dir)
+        data = open_split(data_dir, cfg.split, meta)
+        if cfg.max_tokens:
+            data = data[:cfg.max_tokens]
+        if len(data) < 2:
+            raise DataError(f"{data_dir}/{cfg.split}.bin is too short to score")
+        stride = cfg.stride or max(1, model.config.block_size // 2)
+        if stride > model.config.block_size:
+            raise configurator.ConfigError(f"stride={stride} exceeds block_size {model.config.block_size}")
+    except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, configurator.ConfigError) else 1)
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    autocast = torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
+    model.eval().to(device)
+    total, correct, count = score(model, data, model.config.block_size, stride, cfg.batch_size, device, autocast)
+    result = {"checkpoint": str(path), "variant": ckpt["variant"], "split": cfg.split, "stride": stride,
+              "block_size": model.config.block_size,
+              **report(meta, cfg.split, total, correct, count, full_split=not cfg.max_tokens)}
+    print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    out = Path(cfg.out_dir) / f"eval_{cfg.split}.json"
+    out.write_text(json.dumps({"config": asdict(cfg), **result}, indent=1) + "\n")
+    print(f"wrote {out}")
+    if cfg.attention:
+        import analysis
+        analysis.main([f"--ckpt={path}", f"--data_dir={data_dir}", f"--split={cfg.split}",
+                       f"--out_dir={Path(cfg.out_dir) / 'attention'}", f"--device={device.type}"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
