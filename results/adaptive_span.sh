@@ -33,10 +33,32 @@ for v in ("baseline", "span_only", "span_periodic"):
           f"{tps:,.0f} |")
 EOF
 
+# 2b. bpc of each final checkpoint over the whole val split (non-overlapping block_size windows)
+python - "$WORK" <<'EOF'
+import math, sys, numpy as np, torch, torch.nn.functional as F
+import checkpoint
+work = sys.argv[1]
+for v in ("baseline", "span_only", "span_periodic"):
+    model = checkpoint.build_model(checkpoint.load(f"{work}/run_{v}/ckpt.pt")).eval()
+    T = model.config.block_size
+    data = torch.from_numpy(np.fromfile(f"{work}/enwik8_wt2/val.bin", dtype=np.uint8).astype(np.int64))
+    n = (len(data) - 1) // T
+    x, y = data[:n * T].view(n, T), data[1:n * T + 1].view(n, T)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n, 16):
+            logits, _ = model(x[i:i + 16])
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[i:i + 16].reshape(-1), reduction="sum").item()
+    print(f"enwik8_cpu_{v}: whole-val bpc {total / (n * T) / math.log(2):.4f} over {n * T:,} bytes")
+EOF
+
 # 3. bench.py: one attention layer (QKV + kernel + output projection), forward+backward, block 1024, spans 32/128/512
 python bench.py --variants=gpt,config/bench/adaptive_span32.py,config/bench/adaptive_span128.py,config/bench/adaptive_span512.py,config/bench/adaptive_span_periodic128.py \
   --component=attention --block_size=1024 --seq_lens=1024 --batch_size=4 --reps=10 --out_dir="$WORK/bench_attention"
 cat "$WORK/bench_attention/bench.md"
+python bench.py --variants=gpt,config/bench/adaptive_span32.py,config/bench/adaptive_span_periodic128.py --component=model \
+  --block_size=256 --seq_lens=256 --batch_size=4 --reps=3 --gen_tokens=100 --out_dir="$WORK/bench_model"
+cat "$WORK/bench_model/bench.md"
 
 # 4. the attention kernel alone (no projections): dense causal SDPA vs the span layer's mask on the blocked path
 python - <<'EOF'
