@@ -6,7 +6,8 @@ Attention analysis for any variant's checkpoint (SPEC §3.4), from the dense ref
 
 Per layer and per head, over a batch of eval sequences: attention entropy H = -sum_j a_ij log(a_ij + 1e-10) averaged
 over queries i; the fraction of attention weights below 0.01 (over the pairs the mask allows, and over all T^2);
-the mean attention distance sum_j a_ij (i - j). Per layer, from the mask: attended pairs, sparsity against T^2 and
+the mean attention distance sum_j a_ij (i - j); the entropy uniform attention over the allowed keys would have
+(mean_i log #allowed_i), for reference. Per layer, from the mask: attended pairs, sparsity against T^2 and
 against the causal triangle T(T+1)/2, the average attended span (allowed keys per query) and T^2 / attended
 ("memory reduction"); overall = sum over layers. Writes analysis.json, analysis.md, entropy.png (per-layer entropy,
 one curve per checkpoint) and heatmaps/<label>_layer<l>.png (head-averaged weights of the first sequence, cropped).
@@ -89,6 +90,8 @@ def layer_stats(weights, keep):
         "below_0.01_allowed_per_head": ((small & keep).sum(dim=(0, 2, 3)).float() / (B * n_allowed)).tolist(),
         "below_0.01_all_per_head": (small.sum(dim=(0, 2, 3)).float() / (B * Tq * Tk)).tolist(),
         "mean_distance_per_head": (w * dist).sum(-1).mean(dim=(0, 2)).tolist(),
+        # uniform attention over the allowed keys: the most entropy the mask permits (learned focus shows below it)
+        "max_entropy": torch.log(keep.sum(-1).clamp(min=1).float()).mean().item(),
         "attended": n_allowed, "total": Tq * Tk, "causal_total": causal_pairs,
         "sparsity_vs_T2": 1 - n_allowed / (Tq * Tk),
         "sparsity_vs_causal": 1 - n_allowed / causal_pairs,
@@ -142,10 +145,12 @@ def plot_entropy(reports, path):
     for label, rep in reports.items():
         layers = rep["layers"]
         ls = range(len(layers))
-        axes[0].plot(ls, [s["entropy"] for s in layers], marker="o", label=label)
+        line, = axes[0].plot(ls, [s["entropy"] for s in layers], marker="o", label=label)
+        axes[0].plot(ls, [s["max_entropy"] for s in layers], linestyle="--", color=line.get_color(), alpha=0.6,
+                     label=f"{label}: uniform over the mask")
         axes[1].plot(ls, [s["mean_distance"] for s in layers], marker="o", label=label)
-    axes[0].set(xlabel="layer", ylabel="entropy (nats), mean over heads, queries, sequences",
-                title="attention entropy per layer")
+    axes[0].set(xlabel="layer", ylabel="entropy (nats)", title="attention entropy per layer (mean over heads, "
+                "queries, sequences)")
     axes[1].set(xlabel="layer", ylabel="mean attention distance (tokens)", yscale="symlog",
                 title="how far back attention looks")
     for ax in axes:
@@ -170,11 +175,11 @@ def plot_heatmap(weights, title, path):
 
 
 def markdown(reports):
-    lines = ["| checkpoint | layer | entropy | weights < 0.01 (allowed / all) | mean distance | avg span "
-             "| sparsity vs T^2 / causal | T^2 / attended |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | layer | entropy (uniform over mask) | weights < 0.01 (allowed / all) | mean distance "
+             "| avg span | sparsity vs T^2 / causal | T^2 / attended |", "|---|---|---|---|---|---|---|---|"]
     for label, rep in reports.items():
         for l, s in enumerate(rep["layers"]):
-            lines.append(f"| {label} | {l} | {s['entropy']:.3f} | {s['below_0.01_allowed']:.3f} / "
+            lines.append(f"| {label} | {l} | {s['entropy']:.3f} ({s['max_entropy']:.3f}) | {s['below_0.01_allowed']:.3f} / "
                          f"{s['below_0.01_all']:.3f} | {s['mean_distance']:.1f} | {s['avg_span']:.1f} "
                          f"| {s['sparsity_vs_T2']:.3f} / {s['sparsity_vs_causal']:.3f} | {s['memory_reduction']:.2f} |")
         o = rep["overall"]

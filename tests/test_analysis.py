@@ -44,6 +44,7 @@ def test_uniform_attention_statistics_are_exact(windows):
         w = w or T
         n = [min(i + 1, w) for i in range(T)]  # keys per query
         assert s["entropy"] == pytest.approx(np.mean([math.log(k) for k in n]), abs=1e-4)
+        assert s["max_entropy"] == pytest.approx(s["entropy"], abs=1e-4)  # uniform attention is the maximum
         assert s["mean_distance"] == pytest.approx(np.mean([(k - 1) / 2 for k in n]), abs=1e-4)
         assert s["attended"] == sum(n) and s["avg_span"] == pytest.approx(sum(n) / T)
         assert s["sparsity_vs_T2"] == pytest.approx(1 - sum(n) / T ** 2)
