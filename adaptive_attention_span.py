@@ -105,7 +105,7 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         self.block = config.span_block
         u0 = 0.0 if config.span_init is None else math.log(config.span_init / (self.max_span - config.span_init))
         self.span_params = nn.Parameter(torch.full((config.n_head,), u0))
-        self.wave = None
+        self.wave, self._frozen = None, None  # _frozen: (parameter versions, reach, {D: log-mask}) under no_grad
         if config.use_triangle_wave_masking:
             self.wave = TriangleWave(config.n_head, config.period_min_triangle_wave_masking,
                                      config.period_max_triangle_wave_masking, config.triangle_wave_harmonics)
@@ -138,8 +138,19 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         return -(-r // self.block) * self.block
 
     def mask(self, Tq, Tk, q_offset):
-        D = min(self.reach(), q_offset + Tq)  # never longer than the largest distance present
-        return AttnMask(causal=True, q_offset=q_offset, distance_bias=self.log_mask(D), block=self.block)
+        if torch.is_grad_enabled():
+            reach, table = self.reach(), self.log_mask
+        else:  # eval and decoding: reuse the mask until a parameter changes (in-place updates bump _version)
+            key = tuple((p.data_ptr(), p._version) for p in self.mask_parameters())
+            if self._frozen is None or self._frozen[0] != key:
+                self._frozen = (key, self.reach(), {})
+            reach, tables = self._frozen[1], self._frozen[2]
+            table = lambda D: tables[D] if D in tables else tables.setdefault(D, self.log_mask(D))
+        D = min(reach, q_offset + Tq)  # never longer than the largest distance present
+        return AttnMask(causal=True, q_offset=q_offset, distance_bias=table(D), block=self.block)
+
+    def mask_parameters(self):
+        return [self.span_params] + ([] if self.wave is None else [self.wave.period_w, self.wave.ratio_w])
 
     def span_loss(self):
         """SPEC §2.5 per layer, before lambda: mean_h z_h, or mean_h (z_h + R) * rho_h with the periodic mask."""

@@ -90,3 +90,18 @@ for z in (32, 128, 512):
         frac = attn.executed_entries(T) / (T * (T + 1) / 2)
         print(f"| span, blocked SDPA | {z} | {blk} | {attn.reach()} | {frac:.3f} | {t * 1e3:.0f} | {dense / t:.2f} |")
 EOF
+
+# 5. greedy generation, cached, 100 tokens from one token: gpt vs span 32 (same 6L/6H/384 shape, block 256)
+python - <<'EOF'
+import time, torch
+from model import GPT, GPTConfig
+from adaptive_attention_span import AdaptiveSpanGPT, AdaptiveSpanConfig
+shape = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False)
+torch.manual_seed(0); gpt = GPT(GPTConfig(**shape)).eval()
+torch.manual_seed(0); span = AdaptiveSpanGPT(AdaptiveSpanConfig(**shape, span_init=32.0, block_pos_emb=False)).eval()
+idx = torch.zeros(1, 1, dtype=torch.long)
+for rnd in range(2):
+    for name, m in (("gpt", gpt), ("span32", span)):
+        t = time.perf_counter(); m.generate(idx, 100, temperature=0)
+        print(f"round {rnd}: {name} cached greedy 100 tokens {time.perf_counter() - t:.2f} s")
+EOF

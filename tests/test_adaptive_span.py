@@ -260,3 +260,19 @@ def test_train_logs_spans_and_checkpoint_round_trips(shakespeare_dir, tmp_path):
         assert torch.equal(p, saved[name]), name
     idx = torch.randint(0, 10, (1, 20))
     assert torch.equal(model.generate(idx, 10, temperature=0), model.generate(idx, 10, temperature=0, use_cache=False))
+
+
+def test_no_grad_mask_cache_follows_parameter_updates():
+    model = tiny(use_triangle_wave_masking=True).eval()
+    attn = model.transformer.h[0].attn
+    idx = torch.randint(0, 50, (1, 64))
+    with torch.no_grad():
+        before, _ = model(idx)
+        assert torch.equal(attn.mask(64, 64, 0).distance_bias, attn.log_mask(attn.reach()))
+        attn.span_params.sub_(1.0)  # shorter spans: the cached mask must not be reused
+        attn.wave.period_w.add_(0.5)
+        after, _ = model(idx)
+        torch.testing.assert_close(attn.mask(64, 64, 0).distance_bias, attn.log_mask(attn.reach()))
+    assert not torch.allclose(before, after)
+    grad_path, _ = model(idx)  # the differentiable path computes the same numbers
+    torch.testing.assert_close(grad_path.detach(), after)
