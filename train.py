@@ -393,7 +393,8 @@ def main(argv):
     # equal one process x N*M micro-steps.
     micro_index = lambda it, micro: (it * accum + micro) * world + rank
     start_iter = iter_num
-    skip_eval_at = iter_num if ckpt is not None and ckpt.get("eval_done") else None
+    # a checkpoint written right after an eval need not repeat it on resume (unless evaluating is the point)
+    skip_eval_at = iter_num if ckpt is not None and ckpt.get("eval_done") and not cfg.eval_only else None
     batch = get_batch("train", micro_index(iter_num, 0), stream=0)
     t0 = time.time()
     while True:
