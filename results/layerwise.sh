@@ -36,7 +36,7 @@ python analysis.py --ckpt="$OUT/ts_lw_full,$OUT/ts_lw_aggressive" --labels=full,
   --batch_size=8 --out_dir="$OUT/analysis"
 
 # 4. forward+backward cost per schedule, GPT-2 small shape, batch 1 (bench.py's entries and helpers)
-python results/layerwise_bench.py --seq_lens=4096,2048,1024 --reps=2 --warmup=0 \
+python results/layerwise_bench.py --seq_lens=4096,2048,1024 --reps=1 --warmup=0 \
   --variants=config/bench/layerwise_full.py,config/bench/layerwise_half.py,config/bench/layerwise_quarter.py,config/bench/layerwise_aggressive.py \
   --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304 --bias=True --batch_size=1 --out_dir="$OUT/bench"
 cat "$OUT/bench/bench.md"
