@@ -31,18 +31,18 @@ for run in $RUNS; do
 done
 
 python - "$OUT" $RUNS <<'PY'
-import json, re, statistics, sys
+import json, statistics, sys
 from pathlib import Path
+import checkpoint
 out, runs = Path(sys.argv[1]), sys.argv[2:]
 print("| run | params (non-wpe) | val ppl (next token) | val acc | duo mask-stream loss | train tok/s (1 thread, median) | wall s |")
 print("|---|---|---|---|---|---|---|")
 for run in runs:
-    log = (out / f"{run}.log").read_text()
-    params = re.search(r"([\d.]+)M parameters", log).group(1)
+    params = checkpoint.build_model(checkpoint.load(out / run / "ckpt.pt")).num_params()
     recs = [json.loads(l) for l in (out / run / "metrics.jsonl").read_text().splitlines()]
     ev = [r for r in recs if r["kind"] == "eval"][-1]
     tps = statistics.median(r["tokens_per_s"] for r in recs if r["kind"] == "train" and r["iter"] >= 5)
     mask = f"{ev['val/mask_loss']:.3f}" if "val/mask_loss" in ev else "-"
     wall = (out / f"{run}.wall_s").read_text().strip()
-    print(f"| {run} | {params}M | {ev['val/ppl']:.1f} | {ev['val/acc']:.4f} | {mask} | {tps:,.0f} | {wall} |")
+    print(f"| {run} | {params:,} | {ev['val/ppl']:.1f} | {ev['val/acc']:.4f} | {mask} | {tps:,.0f} | {wall} |")
 PY

@@ -98,9 +98,8 @@ def test_cached_logits_match_full_forward(name, kw):
 @pytest.mark.parametrize("name,kw", CAUSAL_SETUPS[::2] + [("duo_predict", {"duo_loss": "hf_double_shift"})])
 def test_checkpoint_save_load(name, kw, tmp_path):
     model = build(name, **kw).eval()
-    state = {"format_version": checkpoint.FORMAT_VERSION, "variant": name, "model_args": asdict(model.config),
-             "model": model.state_dict()}
-    checkpoint.atomic_save(state, tmp_path / "ckpt.pt")
+    state = {"variant": name, "model_args": asdict(model.config), "model": model.state_dict()}
+    checkpoint.save(state, tmp_path / "ckpt.pt")  # as train.py writes it (format version, checksum)
     loaded = checkpoint.build_model(checkpoint.load(tmp_path / "ckpt.pt"), dropout=0.0).eval()
     idx = torch.randint(0, V - 1, (2, 12))
     assert type(loaded) is type(model) and loaded.config == model.config
@@ -305,6 +304,19 @@ def test_duo_fast_path_equals_dense_with_gradients(N, block):
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
     for n in outs[0][1]:
         torch.testing.assert_close(outs[0][1][n], outs[1][1][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_duo_kernel_swap_keeps_the_duo_pattern():
+    """bench.py assigns attn.kernel = dense/sdpa on every attention: the duo pattern must survive both."""
+    from model import dense_attention, sdpa_attention
+    model = build("duo_predict").eval()
+    batch = model.prepare_batch(torch.randint(0, V - 1, (2, 9)), torch.randint(0, V - 1, (2, 9)))
+    outs = []
+    for kernel in (dense_attention, sdpa_attention):
+        for b in model.transformer.h:
+            b.attn.kernel = kernel
+        outs.append(model(**batch)[0])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
 
 
 def test_duo_fast_path_builds_no_dense_mask(monkeypatch):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from model import GPT, AttnMask, CausalSelfAttention, GPTConfig, register
+from model import GPT, AttnMask, CausalSelfAttention, GPTConfig, register, sdpa_attention
 
 
 @dataclass
@@ -113,13 +113,20 @@ def duo_code_attention(q, k, v, dropout_p=0.0, block=128):
 class DuoAttention(CausalSelfAttention):
     def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx)
-        self.plain_kernel = self.kernel
-        self.fast = config.attn_impl == "sdpa"
         self.block = config.duo_block
-        self.kernel = self.duo_kernel
+
+    # `kernel` stays assignable (bench.py swaps sdpa/dense on every attention module): the assigned kernel serves
+    # plain mode, and choosing sdpa also selects the block-structured path for the interleaved code pattern.
+    @property
+    def kernel(self):
+        return self.duo_kernel
+
+    @kernel.setter
+    def kernel(self, fn):
+        self.plain_kernel = fn
 
     def duo_kernel(self, q, k, v, mask, dropout_p=0.0):
-        if isinstance(mask, DuoMask) and mask.variant == "code" and self.fast:
+        if isinstance(mask, DuoMask) and mask.variant == "code" and self.plain_kernel is sdpa_attention:
             return duo_code_attention(q, k, v, dropout_p, self.block)
         return self.plain_kernel(q, k, v, mask, dropout_p=dropout_p)  # plain mode, readme pattern, dense reference
 
