@@ -46,3 +46,8 @@ for run in runs:
     wall = (out / f"{run}.wall_s").read_text().strip()
     print(f"| {run} | {params:,} | {ev['val/ppl']:.1f} | {ev['val/acc']:.4f} | {mask} | {tps:,.0f} | {wall} |")
 PY
+
+echo; echo "== parallel pair implementations (block stack fwd+bwd, 1 thread)"
+python results/gpt2_variants_pair_timing.py
+echo; echo "== duo-predict attention paths (fwd+bwd, 1 thread)"
+python results/gpt2_variants_duo_timing.py
