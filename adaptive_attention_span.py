@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model import GPT, AttnMask, Block, CausalSelfAttention, GPTConfig, KVCache, MLP, register
+from model import GPT, AttnMask, Block, CausalSelfAttention, GPTConfig, KVCache, MLP, executed_entries, register
 
 MASK_FLOOR = 1e-6  # mask values at or below this are -inf (SPEC §2.4)
 
@@ -175,10 +175,7 @@ class AdaptiveSpanAttention(CausalSelfAttention):
 
     def executed_entries(self, T):
         """(query, key) entries per head the fast path really computes: whole blocks of keys within the reach."""
-        D, b = min(self.reach(), T), self.block
-        if T <= D + b:  # model.py's blocked path is not taken: one masked SDPA over the full square
-            return T * T
-        return sum((min(qs + b, T) - qs) * (min(T, qs + b) - max(0, qs - D + 1)) for qs in range(0, T, b))
+        return executed_entries(T, min(self.reach(), T), self.block)
 
 
 class AdaptiveBlock(Block):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import configurator
-from model import ATTENTION_KERNELS, VARIANTS, CausalSelfAttention, get_variant
+from model import ATTENTION_KERNELS, VARIANTS, CausalSelfAttention, get_variant, share_kv_heads
 
 
 @dataclass
@@ -35,7 +35,8 @@ class BenchConfig:
     variants: str = "gpt"  # comma-separated variant names and/or config files, or "all"
     baseline: str = ""  # label of the entry speedups are relative to (default: the first)
     modes: str = "eager"  # comma-separated: eager, compile
-    component: str = "model"  # "model" (whole LM, fwd+bwd of the loss) or "attention" (first attention layer)
+    component: str = "model"  # "model" (whole LM, fwd+bwd of the loss), "attention" (first attention layer with
+    # its projections) or "kernel" (that layer's softmax(q k^T + mask) v alone: what masking can save)
     seq_lens: tuple[int, ...] | int | None = None  # e.g. 1024,2048,4096 (default: block_size)
     n_layer: int = 6
     n_head: int = 6
@@ -182,7 +183,20 @@ def make_run(label, name, mode, model, cfg, T, device, autocast):
     """Closures timing one entry at one length: forward, forward+backward, batch-1 forward latency."""
     B = cfg.batch_size
     gen = torch.Generator(device="cpu").manual_seed(T)
-    if cfg.component == "attention":
+    leaves = ()  # non-parameter tensors that receive gradients
+    if cfg.component == "kernel":  # softmax(q k^T + mask) v alone, on the first layer's real q, k, v and mask
+        attn = attention_modules(model)[0]
+        x = torch.randn(B, T, model.config.n_embd, generator=gen).to(device)
+        with torch.no_grad():
+            q, k, v = attn.qkv(x, torch.arange(T, device=device))
+            k, v = share_kv_heads(k, q.size(1)), share_kv_heads(v, q.size(1))
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        kernel = torch.compile(attn.kernel) if mode == "compile" else attn.kernel
+        flops = 4 * attn.head_dim * attn.n_head * attn.attended_entries(T) / T
+        fwd_only = lambda rows=slice(None): kernel(q[rows], k[rows], v[rows], attn.mask(T, T, 0))
+        loss_of = lambda: fwd_only().float().pow(2).mean()
+        latency_input, leaves = slice(0, 1), (q, k, v)
+    elif cfg.component == "attention":
         attn = attention_modules(model)[0]
         fn = torch.compile(attn) if mode == "compile" else attn
         x = torch.randn(B, T, model.config.n_embd, generator=gen).to(device)
@@ -209,6 +223,8 @@ def make_run(label, name, mode, model, cfg, T, device, autocast):
             loss = loss_of()
         loss.backward()
         model.zero_grad(set_to_none=True)
+        for t in leaves:
+            t.grad = None
 
     def latency():
         with torch.no_grad(), autocast:
@@ -253,8 +269,8 @@ def main(argv):
         modes = cfg.modes.split(",")
         if not entries or any(m not in ("eager", "compile") for m in modes):
             raise configurator.ConfigError(f"modes must be a comma list of eager, compile; got {cfg.modes!r}")
-        if cfg.component not in ("model", "attention"):
-            raise configurator.ConfigError(f"component must be model or attention, got {cfg.component!r}")
+        if cfg.component not in ("model", "attention", "kernel"):
+            raise configurator.ConfigError(f"component must be model, attention or kernel, got {cfg.component!r}")
         seq_lens = [cfg.block_size] if cfg.seq_lens is None else sorted(
             [cfg.seq_lens] if isinstance(cfg.seq_lens, int) else cfg.seq_lens)
         if cfg.reps < 2 or cfg.latency_reps < 1 or min(seq_lens) < 2:

@@ -12,7 +12,7 @@ from adaptive_attention_span import AdaptiveSpanAttention, AdaptiveSpanConfig, A
 from model import AttnMask, dense_attention, sdpa_attention
 from tests.conftest import run
 
-# reach = ceil(10 + 4) = 14, rounded up to 16, so T = 64 > 16 + 8 takes the blocked fast path
+# reach = ceil(10 + 4) = 14, rounded up to 16
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=50, dropout=0.0, softness_span_mask=4.0,
             span_init=10.0, span_block=8)
 
@@ -119,13 +119,13 @@ def grads_of(model, idx, tgt):
 @pytest.mark.parametrize("periodic", [False, True])
 def test_blocked_fast_path_equals_dense_with_gradients(periodic, monkeypatch):
     torch.manual_seed(1)
-    idx, tgt = torch.randint(0, 50, (2, 64)), torch.randint(0, 50, (2, 64))
+    idx, tgt = torch.randint(0, 50, (2, 128)), torch.randint(0, 50, (2, 128))  # 128 >= 4 x (8 + 24 - 1): banded
     calls = []
-    real = model_module.blocked_attention
-    monkeypatch.setattr(model_module, "blocked_attention", lambda *a: calls.append(1) or real(*a))
+    real = model_module.banded_attention
+    monkeypatch.setattr(model_module, "banded_attention", lambda *a: calls.append(1) or real(*a))
     results = {}
     for impl in ("sdpa", "dense"):
-        model = tiny(attn_impl=impl, use_triangle_wave_masking=periodic).train()
+        model = tiny(attn_impl=impl, use_triangle_wave_masking=periodic, block_size=128).train()
         results[impl] = grads_of(model, idx, tgt)
     assert calls, "the blocked fast path was not taken"
     (ya, ga), (yb, gb) = results["sdpa"], results["dense"]
@@ -171,13 +171,13 @@ def test_keys_beyond_the_reach_are_never_computed(monkeypatch):
         return real(q, k, v, **kw)
 
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
-    model = tiny(n_layer=1)
+    model = tiny(n_layer=1, block_size=128)
     attn = model.transformer.h[0].attn
     with torch.no_grad():
-        model(torch.randint(0, 50, (1, 64)))
+        model(torch.randint(0, 50, (1, 128)))
     D, b = attn.reach(), attn.block
-    assert max(kv for _, kv in seen) <= b + D - 1
-    assert sum(qn * kv for qn, kv in seen) == attn.executed_entries(64) < 64 * 65 / 2
+    assert seen == [(b, b + D - 1)]  # one banded call: blocks of b queries, b + D - 1 keys each
+    assert -(-128 // b) * b * (b + D - 1) == attn.executed_entries(128) < 128 * 129 / 2
 
 
 @pytest.mark.parametrize("periodic", [False, True])
@@ -222,11 +222,11 @@ def test_baseline_twin_is_plain_attention_with_block_position_embeddings():
 def test_flops_report_and_span_init():
     model = tiny(span_init=None)
     torch.testing.assert_close(model.transformer.h[0].attn.spans().mean(), torch.tensor(32.0))  # u = 0: S/2
-    model = tiny(block_size=256, span_init=16.0, span_block=32, softness_span_mask=16.0)
-    report = model.attention_flops_report(256)
+    model = tiny(block_size=512, span_init=16.0, span_block=32, softness_span_mask=16.0)
+    report = model.attention_flops_report(512)
     assert 0 < report["analytic_fraction"] < report["executed_fraction"] < 1
-    f = model.flops_per_token(256)
-    dense = model.config.n_layer * 4 * model.config.n_embd * (256 + 1) / 2
+    f = model.flops_per_token(512)
+    dense = model.config.n_layer * 4 * model.config.n_embd * (512 + 1) / 2
     torch.testing.assert_close(torch.tensor(f["attention"]), torch.tensor(dense * report["analytic_fraction"]))
 
 
