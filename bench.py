@@ -210,13 +210,15 @@ def make_run(label, name, mode, model, cfg, T, device, autocast):
         x = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
         y = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
         flops = model.flops_per_token(T)["total"]
-        fwd_only = lambda inp=x: fn(inp)
-        loss_of = lambda: fn(x, y)[1]
+        # a real training batch of the variant (duo interleaving, MLM masking, sentence pairs...)
+        batch = model.prepare_batch(x, y, generator=torch.Generator(device=device).manual_seed(T))
+        fwd_only = lambda inp=None: fn(**batch) if inp is None else fn(inp)  # inference latency: plain tokens
+        loss_of = lambda: fn(**batch)[1]
         latency_input = x[:1]
 
     def fwd():
         with torch.no_grad(), autocast:
-            fwd_only()
+            fwd_only()  # the training batch, without the backward
 
     def fwd_bwd():
         with autocast:
