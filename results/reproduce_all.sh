@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every number in the README, regenerated: the core results, then each variant family's results file. CPU sizes.
+# Each script prints its tables and says where its outputs went (under /tmp). Total: a few hours on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")"
+for script in core.sh gpt2_variants.sh adaptive_span.sh layerwise.sh foundational.sh; do
+  echo "=== results/$script"
+  bash "$script"
+done
