@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model import GPT, AttnMask, Block, CausalSelfAttention, GPTConfig, KVCache, MLP, executed_entries, register
+from model import GPT, AttnMask, Block, CausalSelfAttention, GPTConfig, KVCache, MLP, RollingKVCache, executed_entries, register
 
 MASK_FLOOR = 1e-6  # mask values at or below this are -inf (SPEC §2.4)
 
@@ -189,21 +189,6 @@ class AdaptiveBlock(Block):
         return super().forward(x + self.pos_emb(pos), pos, cache, mask)
 
 
-class RollingKVCache(KVCache):
-    """Keeps only the last `keep` keys. len is the number retained, so the attention's q_offset = len is the
-    distance bookkeeping its distance-only mask needs (absolute positions travel separately as pos)."""
-
-    def __init__(self, batch, n_head, keep, head_dim, device, dtype):
-        super().__init__(batch, n_head, 0, head_dim, device, dtype)
-        self.keep = keep
-
-    def append(self, k, v):
-        k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
-        self.k, self.v = k[:, :, k.size(-2) - min(self.keep, k.size(-2)):], v[:, :, v.size(-2) - min(self.keep, v.size(-2)):]
-        self.len = self.k.size(-2)
-        return k, v
-
-
 @register("adaptive_span")
 class AdaptiveSpanGPT(GPT):
     config_class = AdaptiveSpanConfig
@@ -237,7 +222,7 @@ class AdaptiveSpanGPT(GPT):
         caches = []
         for block in self.transformer.h:
             if isinstance(block.attn, AdaptiveSpanAttention):  # the next query reaches back reach-1 keys at most
-                caches.append(RollingKVCache(batch_size, c.n_head, block.attn.reach() - 1, hd, device, dtype))
+                caches.append(RollingKVCache(block.attn.reach() - 1))
             else:
                 caches.append(KVCache(batch_size, c.n_head, c.block_size, hd, device, dtype))
         return caches

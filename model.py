@@ -237,6 +237,26 @@ class KVCache:
         return self.k[:, :, :self.len], self.v[:, :, :self.len]
 
 
+class RollingKVCache:
+    """Keeps only the last `keep` keys/values: all that a layer whose mask reaches at most keep + 1 keys back (a
+    window, a span) needs for the next query. `len` is the number retained, so the attention's q_offset counts from
+    the first retained key; masks depend only on distances, which stay exact."""
+
+    def __init__(self, keep):
+        self.keep, self.k, self.v = keep, None, None
+
+    @property
+    def len(self):
+        return 0 if self.k is None else self.k.size(-2)
+
+    def append(self, k, v):
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
+        start = max(0, k.size(-2) - self.keep)
+        self.k, self.v = k[:, :, start:], v[:, :, start:]
+        return k, v
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The GPT-2 block.
 
