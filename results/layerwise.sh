@@ -40,3 +40,8 @@ python results/layerwise_bench.py --seq_lens=4096,2048,1024 --reps=1 --warmup=0 
   --variants=config/bench/layerwise_full.py,config/bench/layerwise_half.py,config/bench/layerwise_quarter.py,config/bench/layerwise_aggressive.py \
   --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304 --bias=True --batch_size=1 --out_dir="$OUT/bench"
 cat "$OUT/bench/bench.md"
+# run C: full vs aggressive at T=4096, three interleaved repetitions (the decisive speedup number)
+python results/layerwise_bench.py --seq_lens=4096 --reps=3 --warmup=0 \
+  --variants=config/bench/layerwise_aggressive.py,config/bench/layerwise_full.py --baseline=layerwise_full \
+  --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304 --bias=True --batch_size=1 --out_dir="$OUT/bench_c"
+cat "$OUT/bench_c/bench.md"
