@@ -7,8 +7,8 @@ variant = "layerwise"
 schedule = "full"
 out_dir = "out-tinystories-layerwise-full"
 dataset = "tinystories"
-eval_interval = 80
-eval_iters = 10
+eval_interval = 50
+eval_iters = 8
 log_interval = 10
 
 batch_size = 4
@@ -21,9 +21,9 @@ bias = False
 
 learning_rate = 2e-3
 min_lr = 2e-4
-warmup_iters = 10
-max_iters = 80
-lr_decay_iters = 80
+warmup_iters = 5
+max_iters = 50
+lr_decay_iters = 50
 weight_decay = 0.1
 compile = False
 device = "cpu"
