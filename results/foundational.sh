@@ -16,6 +16,32 @@ for v in ${VARIANTS:-bert albert deberta llama gpt}; do
     python train.py config/wikitext2_${v}_cpu.py --data_dir=/tmp/wt2 --out_dir="$RUNS/$v" --overwrite=True \
         > "$RUNS/$v.log" 2>&1
 done
+# side checks: the seed's context-8 char GPT trains; BERT with 4x the pairs per step; NSP head on a synthetic task
+python data/shakespeare_char/prepare.py --source ../shared/data/shakespeare/input.txt --out_dir /tmp/shk > /dev/null 2>&1
+python train.py config/shakespeare_char_gpt_ctx8.py --data_dir=/tmp/shk --out_dir="$RUNS/char_gpt_ctx8" --overwrite=True \
+    --max_iters=500 --eval_interval=250 --eval_iters=50 --log_interval=100 --device=cpu > "$RUNS/char_gpt_ctx8.log" 2>&1
+python train.py config/wikitext2_bert_cpu.py --data_dir=/tmp/wt2 --out_dir="$RUNS/bert_nsp_b32" --overwrite=True \
+    --batch_size=32 --block_size=64 --max_iters=300 --lr_decay_iters=300 --warmup_iters=30 --eval_interval=150 \
+    --eval_iters=20 --log_interval=50 > "$RUNS/bert_nsp_b32.log" 2>&1
+grep -h "^step" "$RUNS/char_gpt_ctx8.log" "$RUNS/bert_nsp_b32.log" | tail -n 4
+python - <<'PY'
+# NSP-only training on rows of one repeated token (is-next <=> same token on both sides): the pair path can learn
+import sys; sys.path.insert(0, ".")
+import torch, variants
+from model import get_variant
+torch.manual_seed(0)
+cls = get_variant("bert")
+m = cls(cls.config_class(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=cls.model_vocab_size(100), dropout=0.0))
+opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+for it in range(601):
+    x = torch.randint(0, 100, (32, 1)).expand(32, 32).contiguous()
+    b = m.prepare_batch(x, x)
+    logits, _ = m(**b)
+    loss = torch.nn.functional.cross_entropy(logits["pair"], b["pair_labels"])
+    opt.zero_grad(); loss.backward(); opt.step()
+    if it % 100 == 0:
+        print("synthetic NSP", it, round(loss.item(), 3), (logits["pair"].argmax(-1) == b["pair_labels"]).float().mean().item())
+PY
 # tokens/s of the LM pair measured side by side (repetitions interleaved), fwd+bwd only, no optimiser step
 python bench.py --variants=gpt,config/bench/llama_swiglu344.py --n_layer=4 --n_head=4 --n_embd=128 --block_size=128 \
     --vocab_size=50304 --batch_size=4 --reps=7 --gen_tokens=0 --out_dir="$RUNS/bench" > "$RUNS/bench.log" 2>&1
