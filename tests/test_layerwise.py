@@ -11,8 +11,8 @@ import variants  # noqa: F401
 from conftest import run
 from model import AttnMask, dense_attention
 from test_model import future_gradient
-from variants.layerwise_window import (LayerwiseConfig, LayerwiseGPT, RollingKVCache, banded_attention, layer_windows,
-                                       windowed_kernel, write_schedule_file)
+from model import RollingKVCache, banded_attention
+from variants.layerwise_window import LayerwiseConfig, LayerwiseGPT, layer_windows, windowed_kernel, write_schedule_file
 
 F_ = None  # full causal
 SPEC_TABLE = {  # SPEC §3.1, layers 0..11
@@ -103,7 +103,8 @@ def test_banded_kernel_equals_dense_with_gradients(B, T, w, block):
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, 3, T, 8, requires_grad=True) for _ in range(3))
     results = []
-    for fn in (lambda: banded_attention(q, k, v, w, block), lambda: dense_attention(q, k, v, AttnMask(window=w))):
+    for fn in (lambda: banded_attention(q, k, v, AttnMask(window=w), w, block),
+               lambda: dense_attention(q, k, v, AttnMask(window=w))):
         y = fn()
         results.append((y.detach(), torch.autograd.grad(y.pow(2).sum(), (q, k, v))))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-4)
@@ -124,7 +125,7 @@ def test_banded_kernel_only_computes_reachable_keys(monkeypatch):
     windowed_kernel(q, q, q, AttnMask(window=16, block=32))
     assert len(seen) == 1  # one batched call, no python loop over blocks
     (qs, ks), = seen
-    assert qs[-2] == 32 and ks[-2] == 32 + 16 - 1 and qs[0] == 256 // 32
+    assert qs[-2] == 32 and ks[-2] == 32 + 16 - 1 and qs[1] == 2 * 256 // 32  # query blocks folded into heads
 
 
 @pytest.mark.parametrize("schedule", [dict(schedule="aggressive", attn_block=2), dict(windows=[3, 1, 0, 9], attn_block=2),
@@ -202,7 +203,7 @@ def test_rolling_cache_keeps_only_the_window_and_matches_full_forward():
 
 
 def test_rolling_cache_unit():
-    cache = RollingKVCache(3)
+    cache = RollingKVCache(2)  # a window of 3 keeps the last 2 keys
     k = torch.arange(5.0).view(1, 1, 5, 1)
     keys, _ = cache.append(k, k)
     assert keys.size(-2) == 5 and cache.len == 2 and cache.k.flatten().tolist() == [3.0, 4.0]

@@ -9,7 +9,7 @@ The per-layer windows w_l come from one of (see `layer_windows`):
   windows = [0, 0, 256, 128, ...]                         explicit, one per layer, 0 = full causal
   window_pattern = "SSSL" | "L,256,64"                    repeating long/short pattern (modded-nanogpt/nanochat style)
 
-Compute is real, not only a mask: each layer hands the kernel AttnMask(window=w), which model.py's blocked SDPA path
+Compute is real, not only a mask: each layer hands the kernel AttnMask(window=w), which model.py's banded SDPA path
 turns into O(T*w) work on CPU; on CUDA a FlexAttention sliding-window block mask is used (built once per shape and
 shared by every layer with the same window). generate() keeps a rolling cache of the last w-1 keys per windowed layer.
 
@@ -35,7 +35,7 @@ if __name__ == "__main__":  # run as a script: import the registered module inst
     from variants.layerwise_window import write_schedule_file
     sys.exit(write_schedule_file(sys.argv[1:]))
 
-from model import GPT, AttnMask, CausalSelfAttention, GPTConfig, KVCache, register, sdpa_attention
+from model import GPT, AttnMask, CausalSelfAttention, GPTConfig, KVCache, RollingKVCache, register, sdpa_attention
 
 # SPEC §3.1, written for 12 layers: (start_layer, start_window, end_window); layers before start_layer are full.
 PRESETS = {"half": (6, 512, 16), "quarter": (3, 1024, 4), "aggressive": (1, 1024, 1)}
@@ -81,7 +81,7 @@ class LayerwiseConfig(GPTConfig):
     window_pattern: str = ""  # repeating pattern, e.g. "SSSL"; overrides schedule
     short_window: int = 0  # window of S in window_pattern; 0 = block_size // 2
     long_window: int = 0  # window of L in window_pattern; 0 = full causal
-    attn_block: int = 0  # query block of the blocked CPU path; 0 = automatic (see auto_block)
+    attn_block: int = 0  # query block of the banded CPU path; 0 = automatic (model.band_block)
     flex_attention: bool = True  # CUDA only: FlexAttention sliding-window block masks for training shapes
 
     def validate(self):
@@ -147,13 +147,6 @@ def json_windows(text, n_layer, first_window_is_start):
                                first_window_is_start)
 
 
-def auto_block(window):
-    """Query block of the banded CPU kernel. Block b with window w computes b * (b + w - 1) scores for b queries
-    (b - 1 more per query than needed) and copies each key (b + w - 1) / b times, while small blocks pay per-block
-    overhead. Fastest measured (1 thread, T=4096, 12 heads of 64, fwd+bwd): b=32 for w <= 16, b=w up to 128, then 128."""
-    return min(128, max(32, window))
-
-
 # ---- CUDA: FlexAttention sliding-window block masks, one per (window, T, device), shared across layers.
 # [UNTESTED on GPU in this project's sessions: no GPU was available; on CPU the SDPA/blocked path is always used.]
 _FLEX = {}
@@ -179,47 +172,13 @@ def _flex_attention(q, k, v, window, scale):
     return _FLEX["kernel"](q, k, v, block_mask=sliding_block_mask(window, q.size(-2), q.device), scale=scale)
 
 
-def banded_attention(q, k, v, window, block, dropout_p=0.0, scale=None):
-    """Sliding-window attention for a full sequence (Tq == Tk, q_offset 0) in one batched SDPA call: queries are cut
-    into blocks of `block`, and block n attends the block + window - 1 keys ending at its last query, gathered with
-    unfold (a strided view). Cost O(T * (block + window)). Unlike slicing q/k/v once per block (model.py's
-    blocked_attention), its backward does not build a zero-filled full-size gradient per slice, which on CPU cost
-    more than the attention itself for narrow windows."""
-    B, H, T, hd = q.shape
-    nb = -(-T // block)
-    K = block + window - 1
-    pad_q = nb * block - T
-    # CPU's fused SDPA kernel takes 4-D inputs only (5-D falls back to the slow math path): blocks join the batch
-    def to_batch(t, size):  # (B, H, nb, size, hd) -> (B * nb, H, size, hd)
-        return t.transpose(1, 2).reshape(B * nb, H, size, hd)
-
-    def gather(t):  # keys of block n: absolute positions n*block - (window-1) ... n*block + block - 1
-        t = F.pad(t, (0, 0, window - 1, pad_q))
-        return to_batch(t.unfold(2, K, block).transpose(-1, -2), K)
-
-    t_idx = torch.arange(block, device=q.device)[:, None]
-    r_idx = torch.arange(K, device=q.device)[None, :]
-    band = (r_idx >= t_idx) & (r_idx <= t_idx + window - 1)  # query t sees key slots t..t+window-1
-    key_pos = torch.arange(nb, device=q.device)[:, None] * block - (window - 1) + torch.arange(K, device=q.device)
-    allowed = band[None] & (key_pos >= 0)[:, None, :]  # (nb, block, K): the left padding is never attended
-    allowed = allowed[None, :, None].expand(B, nb, 1, block, K).reshape(B * nb, 1, block, K)
-    q_blocks = to_batch(F.pad(q, (0, 0, 0, pad_q)).view(B, H, nb, block, hd), block)
-    y = F.scaled_dot_product_attention(q_blocks, gather(k), gather(v), attn_mask=allowed, dropout_p=dropout_p,
-                                       scale=scale)
-    return y.view(B, nb, H, block, hd).transpose(1, 2).reshape(B, H, nb * block, hd)[:, :, :T]
-
-
 def windowed_kernel(q, k, v, mask, dropout_p=0.0, scale=None, flex=True):
-    """A plain sliding window over a full sequence: FlexAttention on CUDA, the banded kernel on CPU. Anything else
-    (cached decoding, where q_offset > 0) goes to model.py's SDPA path."""
+    """A plain sliding window over a whole sequence goes to FlexAttention on CUDA; everything else (all of CPU, and
+    cached decoding) to model.py's SDPA path, which runs reach-limited masks through its O(T * w) banded kernel."""
     plain_window = (mask.window is not None and mask.causal and mask.q_offset == 0 and mask.distance_bias is None
                     and mask.allowed is None and mask.bias is None and q.size(-2) == k.size(-2))
     if plain_window and q.is_cuda and flex and dropout_p == 0.0:
         return _flex_attention(q, k, v, mask.window, scale)
-    # banded pays off once a query block's keys are a small part of the sequence; measured on CPU (1 thread):
-    # 0.1-0.5x of causal SDPA from T=256 under this rule, up to 4x slower without it at T=128
-    if plain_window and mask.block and 4 * (mask.block + mask.window - 1) <= q.size(-2):
-        return banded_attention(q, k, v, mask.window, mask.block, dropout_p, scale)
     return sdpa_attention(q, k, v, mask, dropout_p, scale)
 
 
@@ -227,7 +186,7 @@ class WindowedAttention(CausalSelfAttention):
     def __init__(self, config, layer_idx, window):
         super().__init__(config, layer_idx)
         self.window = window
-        self.block = config.attn_block or (auto_block(window) if window else 128)
+        self.block = config.attn_block  # 0: model.band_block picks it from the window
         if window and config.attn_impl == "sdpa":
             self.kernel = functools.partial(windowed_kernel, flex=config.flex_attention)
 
@@ -247,26 +206,6 @@ class WindowedAttention(CausalSelfAttention):
         return f"window={self.window or 'full'}, block={self.block}"
 
 
-class RollingKVCache:
-    """Keeps only the last window-1 keys/values (all a windowed layer can reach from the next query). `len` is the
-    number retained, so the attention's q_offset counts from the first retained key and distances stay exact."""
-
-    def __init__(self, window):
-        self.keep = window - 1
-        self.k = self.v = None
-
-    @property
-    def len(self):
-        return 0 if self.k is None else self.k.size(-2)
-
-    def append(self, k, v):
-        if self.k is not None:
-            k, v = torch.cat((self.k, k), dim=-2), torch.cat((self.v, v), dim=-2)
-        start = max(0, k.size(-2) - self.keep)
-        self.k, self.v = k[:, :, start:], v[:, :, start:]
-        return k, v
-
-
 @register("layerwise")
 class LayerwiseGPT(GPT):
     config_class = LayerwiseConfig
@@ -281,7 +220,7 @@ class LayerwiseGPT(GPT):
 
     def make_caches(self, batch_size, device, dtype):
         c = self.config
-        return [RollingKVCache(w) if w is not None and w < c.block_size else
+        return [RollingKVCache(w - 1) if w is not None and w < c.block_size else
                 KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
                 for w in self.windows]
 
