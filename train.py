@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import configurator
 from data.common import DataError, load_meta, open_split
-from model import get_variant
+from model import GPTConfig, get_variant
 
 
 @dataclass
@@ -302,11 +302,10 @@ def main(argv):
             model = checkpoint.build_model(ckpt, ckpt_path, dropout=requested.dropout, attn_impl=requested.attn_impl)
             model_cfg = model.config
             iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        else:
-            overrides = {"dropout": model_cfg.dropout}
-            if "block_size" in explicit:
-                overrides["block_size"] = model_cfg.block_size
-            model = cls.from_pretrained(cfg.init_from, **overrides)
+        else:  # pretrained weights; the variant's own fields (windows, spans...) and dropout apply on top
+            own = set(type(model_cfg).__dataclass_fields__) - set(GPTConfig.__dataclass_fields__)
+            overrides = {k: getattr(model_cfg, k) for k in explicit & (own | {"block_size"})}
+            model = cls.from_pretrained(cfg.init_from, dropout=model_cfg.dropout, **overrides)
             model_cfg = model.config
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         fail(e)
