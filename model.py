@@ -185,30 +185,36 @@ def band_block(reach):
 
 def banded_attention(q, k, v, mask, reach, block, dropout_p=0.0, scale=None):
     """Causal attention of reach W over a whole sequence in ONE fused SDPA call. Queries are cut into blocks of b;
-    block n attends the b + W - 1 keys ending at its last query, gathered by unfold (a strided view), and blocks are
-    folded into the head dimension so a (heads * blocks, b, b + W - 1) mask broadcasts over the batch. Within a block,
-    query slot t and key slot r are at distance t + W - 1 - r whatever the block, so a distance bias is one tile."""
+    block n attends the b + W - 1 keys ending at its last query, gathered by unfold (a strided view), and the blocks
+    become extra batch rows, so the (b, b + W - 1) band mask broadcasts over heads. Within a block, query slot t and
+    key slot r are at distance t + W - 1 - r whatever the block, so a per-head distance bias is one (H, b, K) tile;
+    then the blocks join the head dimension instead, so that tile broadcasts over the batch."""
     B, H, T, hd = q.shape
     b, W = block, reach
     nb, K = -(-T // b), b + reach - 1
     pad = nb * b - T
+    by_head = mask.distance_bias is not None
+
+    def fold(t, size):  # (B, H, nb, size, hd) -> blocks as batch rows, or as heads when the mask differs per head
+        return t.reshape(B, H * nb, size, hd) if by_head else t.transpose(1, 2).reshape(B * nb, H, size, hd)
 
     def gather(t):  # keys of block n: absolute positions n*b - (W-1) ... n*b + b - 1 (left padding never attended)
-        t = F.pad(t, (0, 0, W - 1, pad)).unfold(2, K, b)  # (B, H, nb, hd, K)
-        return t.transpose(-1, -2).reshape(B, H * nb, K, hd)
+        return fold(F.pad(t, (0, 0, W - 1, pad)).unfold(2, K, b).transpose(-1, -2), K)
 
     dist = torch.arange(b, device=q.device)[:, None] + (W - 1) - torch.arange(K, device=q.device)[None, :]
     key_pos = torch.arange(nb, device=q.device)[:, None] * b - (W - 1) + torch.arange(K, device=q.device)
     keep = ((dist >= 0) & (dist < W))[None] & (key_pos >= 0)[:, None, :]  # (nb, b, K)
-    if mask.distance_bias is None:
-        attn_mask = keep.expand(H, nb, b, K)
-    else:
+    if by_head:
         tile = mask.distance_bias[:, dist.clamp(0, mask.distance_bias.size(-1) - 1)].to(q.dtype)  # (H, b, K)
-        attn_mask = tile[:, None] + torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf"))
-    qb = F.pad(q, (0, 0, 0, pad)).reshape(B, H * nb, b, hd)
-    y = F.scaled_dot_product_attention(qb, gather(k), gather(v), attn_mask=attn_mask.reshape(1, H * nb, b, K),
-                                       dropout_p=dropout_p, scale=scale)
-    return y.view(B, H, nb * b, hd)[:, :, :T]
+        attn_mask = (tile[:, None] + torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf")))
+        attn_mask = attn_mask.reshape(1, H * nb, b, K)
+    else:
+        attn_mask = keep[None, :, None].expand(B, nb, 1, b, K).reshape(B * nb, 1, b, K)
+    y = F.scaled_dot_product_attention(fold(F.pad(q, (0, 0, 0, pad)).view(B, H, nb, b, hd), b), gather(k), gather(v),
+                                       attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    if by_head:
+        return y.view(B, H, nb * b, hd)[:, :, :T]
+    return y.view(B, nb, H, b, hd).transpose(1, 2).reshape(B, H, nb * b, hd)[:, :, :T]
 
 
 ATTENTION_KERNELS = {"sdpa": sdpa_attention, "dense": dense_attention}
