@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import configurator
-from model import ATTENTION_KERNELS, VARIANTS, CausalSelfAttention, get_variant, share_kv_heads
+from model import VARIANTS, CausalSelfAttention, get_variant, share_kv_heads
 
 
 @dataclass
@@ -115,21 +115,14 @@ def attention_flops_per_token(attn, T):
     return linear_flops(attn) + 4 * attn.head_dim * attn.n_head * attn.attended_entries(T) / T
 
 
-def counted_flops_per_token(model, idx):
-    """Forward FLOPs per token torch's FlopCounterMode sees on the dense reference path (it does not count CPU
-    SDPA), with the analytic count for the same path (every (query, key) pair of every layer is computed)."""
-    attns = attention_modules(model)
-    for m in attns:
-        m.kernel = ATTENTION_KERNELS["dense"]
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(idx)
-    finally:
-        for m in attns:
-            m.kernel = ATTENTION_KERNELS[model.config.attn_impl]
+def counted_flops_per_token(dense_model, idx):
+    """Forward FLOPs per token torch's FlopCounterMode sees on a model built with the dense reference path (it does
+    not count CPU SDPA), with the analytic count for that path (every (query, key) pair of every layer computed)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        dense_model(idx)
     T = idx.size(1)
-    dense_pairs = sum(4 * m.head_dim * m.n_head * T for m in attns)  # per token: T keys per query
-    return counter.get_total_flops() / idx.numel(), model.flops_per_token(T)["matmul"] + dense_pairs
+    dense_pairs = sum(4 * m.head_dim * m.n_head * T for m in attention_modules(dense_model))  # T keys per query
+    return counter.get_total_flops() / idx.numel(), dense_model.flops_per_token(T)["matmul"] + dense_pairs
 
 
 def parse_entries(spec):
@@ -350,7 +343,8 @@ def main(argv):
     for r in results:
         r["mfu"] = 3 * r["flops_per_token"] * cfg.batch_size * r["T"] / r["fwd_bwd_s"]["median"] / peak
     flop_checks = {}
-    for label, model in models.items():
+    for label, name, fields in entries:  # a twin on the dense path: the timed models keep their own kernels
+        model = build(name, {**fields, "attn_impl": "dense"}, shape, device)
         idx = torch.randint(0, model.config.vocab_size, (1, min(seq_lens)), device=device)
         counted, analytic = counted_flops_per_token(model, idx)
         flop_checks[label] = {"T": idx.size(1), "counted": counted, "analytic": analytic}

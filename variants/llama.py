@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, Block, CausalSelfAttention, GPTConfig, KVCache, dense_attention, register
+from model import GPT, Block, CausalSelfAttention, GPTConfig, KVCache, register
 from variants.encoder import copy_weights, hf_overrides
 from variants.rotary import rope_cos_sin, rope_frequencies, rotate_interleaved
 
@@ -57,32 +57,11 @@ class LlamaAttention(CausalSelfAttention):
         return rotate_interleaved(q, cos, sin), rotate_interleaved(k, cos, sin)
 
     def qkv(self, x, pos):
+        """n_kv_head key/value heads; model.py shares them out after the cache (GQA keeps the cache small)."""
         kv = self.n_kv_head * self.head_dim
         q, k, v = map(self.split_heads, self.c_attn(x).split([self.n_embd, kv, kv], dim=2))
         q, k = self.rotate(q, k, pos)
         return q, k, v
-
-    def expand_kv(self, t):
-        """Each group of n_head/n_kv_head query heads shares one key/value head (HF's repeat_kv order)."""
-        return t.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-
-    def forward(self, x, pos, cache=None, mask=None):
-        q, k, v = self.qkv(x, pos)
-        q_offset = 0
-        if cache is not None:  # the cache holds only n_kv_head heads: GQA's memory saving
-            q_offset = cache.len
-            k, v = cache.append(k, v)
-        if mask is None:
-            mask = self.mask(q.size(-2), k.size(-2), q_offset)
-        y = self.kernel(q, self.expand_kv(k), self.expand_kv(v), mask,
-                        dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(x.shape)
-        return self.resid_dropout(self.c_proj(y))
-
-    def attention_weights(self, x, pos, mask=None):
-        q, k, v = self.qkv(x, pos)
-        mask = self.mask(q.size(-2), k.size(-2), 0) if mask is None else mask
-        return dense_attention(q, self.expand_kv(k), self.expand_kv(v), mask, return_weights=True)[1]
 
 
 class SwiGLU(nn.Module):
