@@ -51,6 +51,7 @@ class BenchConfig:
     warmup: int = 2
     latency_reps: int = 20
     gen_tokens: int = 250  # new tokens for the cached vs uncached generation comparison (0 skips it)
+    gen_reps: int = 3  # interleaved cached/uncached generations; the table gives medians
     out_dir: str = "bench_out"
     seed: int = 0
 
@@ -112,7 +113,7 @@ def linear_flops(module):
 
 
 def attention_flops_per_token(attn, T):
-    return linear_flops(attn) + 4 * attn.head_dim * attn.n_head * attn.attended_entries(T) / T
+    return linear_flops(attn) + attn.attention_flops(T) / T
 
 
 def counted_flops_per_token(dense_model, idx):
@@ -121,8 +122,8 @@ def counted_flops_per_token(dense_model, idx):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         dense_model(idx)
     T = idx.size(1)
-    dense_pairs = sum(4 * m.head_dim * m.n_head * T for m in attention_modules(dense_model))  # T keys per query
-    return counter.get_total_flops() / idx.numel(), dense_model.flops_per_token(T)["matmul"] + dense_pairs
+    dense = sum(m.attention_flops(T, pairs=T * T) for m in attention_modules(dense_model)) / T  # every pair
+    return counter.get_total_flops() / idx.numel(), dense_model.flops_per_token(T)["matmul"] + dense
 
 
 def parse_entries(spec):
@@ -185,7 +186,7 @@ def make_run(label, name, mode, model, cfg, T, device, autocast):
             k, v = share_kv_heads(k, q.size(1)), share_kv_heads(v, q.size(1))
         q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
         kernel = torch.compile(attn.kernel) if mode == "compile" else attn.kernel
-        flops = 4 * attn.head_dim * attn.n_head * attn.attended_entries(T) / T
+        flops = 4 * attn.head_dim * attn.n_head * attn.attended_entries(T) / T  # one kernel call: QK^T and AV
         fwd_only = lambda rows=slice(None): kernel(q[rows], k[rows], v[rows], attn.mask(T, T, 0))
         loss_of = lambda: fwd_only().float().pow(2).mean()
         latency_input, leaves = slice(0, 1), (q, k, v)
@@ -202,7 +203,7 @@ def make_run(label, name, mode, model, cfg, T, device, autocast):
         fn = torch.compile(model) if mode == "compile" else model
         x = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
         y = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
-        flops = model.flops_per_token(T)["total"]
+        flops = model.flops_per_token(T, training=True)["total"]
         # a real training batch of the variant (duo interleaving, MLM masking, sentence pairs...)
         batch = model.prepare_batch(x, y, generator=torch.Generator(device=device).manual_seed(T))
         fwd_only = lambda inp=None: fn(**batch) if inp is None else fn(inp)  # inference latency: plain tokens
@@ -268,8 +269,8 @@ def main(argv):
             raise configurator.ConfigError(f"component must be model, attention or kernel, got {cfg.component!r}")
         seq_lens = [cfg.block_size] if cfg.seq_lens is None else sorted(
             [cfg.seq_lens] if isinstance(cfg.seq_lens, int) else cfg.seq_lens)
-        if cfg.reps < 2 or cfg.latency_reps < 1 or min(seq_lens) < 2:
-            raise configurator.ConfigError("reps must be >= 2, latency_reps >= 1 and every seq_len >= 2")
+        if cfg.reps < 2 or cfg.latency_reps < 1 or cfg.gen_reps < 1 or min(seq_lens) < 2:
+            raise configurator.ConfigError("reps must be >= 2, latency_reps and gen_reps >= 1, every seq_len >= 2")
         baseline = cfg.baseline or entries[0][0]
         if baseline not in [label for label, _, _ in entries]:
             raise configurator.ConfigError(f"baseline {baseline!r} is not one of the entries")
@@ -295,16 +296,20 @@ def main(argv):
             n = min(cfg.gen_tokens, model.config.block_size - 1)
             prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
             model.eval()
-            outs, secs = {}, {}
+            outs, secs = {}, {True: [], False: []}
             with autocast:
-                for use_cache in (True, False):
-                    t = time.perf_counter()
-                    outs[use_cache] = model.generate(prompt, n, temperature=0, use_cache=use_cache)
-                    sync(device)
-                    secs[use_cache] = time.perf_counter() - t
+                for use_cache in (True, False):  # warm up both paths (allocator, caches) on a short run
+                    model.generate(prompt, min(n, 8), temperature=0, use_cache=use_cache)
+                for _ in range(cfg.gen_reps):  # interleaved, as the timings below
+                    for use_cache in (True, False):
+                        t = time.perf_counter()
+                        outs[use_cache] = model.generate(prompt, n, temperature=0, use_cache=use_cache)
+                        sync(device)
+                        secs[use_cache].append(time.perf_counter() - t)
             model.train()
-            gen[label] = {"new_tokens": n, "cached_s": secs[True], "uncached_s": secs[False],
-                          "speedup": secs[False] / secs[True], "identical": bool(torch.equal(outs[True], outs[False]))}
+            cached, uncached = statistics.median(secs[True]), statistics.median(secs[False])
+            gen[label] = {"new_tokens": n, "reps": cfg.gen_reps, "cached_s": cached, "uncached_s": uncached,
+                          "speedup": uncached / cached, "identical": bool(torch.equal(outs[True], outs[False]))}
 
     results = []
     for T in seq_lens:
@@ -363,7 +368,8 @@ def main(argv):
     lines += ["", "| entry | FlopCounterMode / analytic FLOPs (dense reference path, T=%d) |" % min(seq_lens), "|---|---|"]
     lines += [f"| {label} | {c['counted'] / c['analytic']:.4f} |" for label, c in flop_checks.items()]
     if gen:
-        lines += ["", "| entry | greedy generation | cached s | uncached s | speedup | same tokens |", "|---|---|---|---|---|---|"]
+        lines += ["", f"| entry | greedy generation (batch 1) | cached s | uncached s (medians of {cfg.gen_reps}) | speedup "
+                  "| same tokens |", "|---|---|---|---|---|---|"]
         lines += [f"| {label} | {g['new_tokens']} new tokens | {g['cached_s']:.3f} | {g['uncached_s']:.3f} "
                   f"| {g['speedup']:.1f}x | {'yes' if g['identical'] else 'NO'} |" for label, g in gen.items()]
     table = "\n".join(lines)

@@ -24,6 +24,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
     attn_impl: str = "sdpa"  # "sdpa" (fast path) or "dense" (readable reference, also gives attention weights)
+    hidden_act: str = "gelu"  # "gelu" (exact, as nanoGPT; 2-3x cheaper on CPU) or "gelu_tanh" (GPT-2's own, for its weights)
 
     def validate(self):
         """Raise ValueError naming the first inconsistent field. Variants extend this."""
@@ -36,6 +37,8 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attn_impl not in ("sdpa", "dense"):
             raise ValueError(f"attn_impl must be 'sdpa' or 'dense', got {self.attn_impl!r}")
+        if self.hidden_act not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {self.hidden_act!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -325,16 +328,36 @@ class CausalSelfAttention(nn.Module):
         k, v = share_kv_heads(k, q.size(1)), share_kv_heads(v, q.size(1))
         return dense_attention(q, k, v, mask, return_weights=True)[1]
 
+    applications = 1  # how often the module runs per forward pass (ALBERT's shared layer: n_layer)
+
     def attended_entries(self, T):
-        """How many (query, key) pairs per head this layer attends over a length-T sequence (FLOP accounting)."""
+        """How many (query, key) pairs per head one application attends over a length-T sequence."""
         return T * (T + 1) // 2
+
+    def attention_flops(self, T, pairs=None):
+        """Forward FLOPs of QK^T and AV (2 * head_dim each per (query, key) pair and head) over a length-T sequence,
+        every application; pairs defaults to the attended ones (bench passes T * T for the dense reference path)."""
+        pairs = self.attended_entries(T) if pairs is None else pairs
+        return 4 * self.head_dim * self.n_head * pairs * self.applications
+
+
+def hf_activation(name):
+    """Our hidden_act for a Hugging Face activation name (GPT-2 uses "gelu_new", BERT "gelu")."""
+    acts = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+    if name not in acts:
+        raise ValueError(f"activation {name!r} is not supported ({', '.join(acts)})")
+    return acts[name]
+
+
+def make_gelu(config):
+    return nn.GELU(approximate="tanh" if config.hidden_act == "gelu_tanh" else "none")
 
 
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; needed for exact parity with its weights
+        self.gelu = make_gelu(config)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scaled_init = True
         self.dropout = nn.Dropout(config.dropout)
@@ -520,25 +543,22 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def flops_per_token(self, T):
+    def flops_per_token(self, T, training=False):
         """Analytic forward FLOPs per token at sequence length T: {'matmul', 'attention', 'total'}.
 
-        matmul: 2 FLOPs per weight of every Linear applied to each token (lm_head included; embeddings are lookups).
-        attention: QK^T and AV, 2 * head_dim FLOPs each per attended (query, key) pair, over the pairs each layer
-        really attends (causal: T(T+1)/2). Backward costs twice the forward, so training is 3x these numbers.
+        matmul: 2 FLOPs per weight of every Linear, times its applications per token (lm_head included; embeddings
+        are lookups). attention: each attention module's attention_flops (causal: T(T+1)/2 pairs per head).
+        training=True counts the forward of a training step, for variants whose loss reads only some positions.
+        Backward costs twice the forward, so a training step is 3x these numbers.
         """
-        matmul = 0
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                matmul += 2 * module.weight.numel() * self.linear_calls_per_token(module)
-        attention = 0
-        for module in self.modules():
-            if isinstance(module, CausalSelfAttention):
-                attention += 4 * module.head_dim * module.n_head * module.attended_entries(T) / T
+        matmul = sum(2 * m.weight.numel() * self.linear_calls_per_token(m, T)
+                     for m in self.modules() if isinstance(m, nn.Linear))
+        attention = sum(m.attention_flops(T) for m in self.modules() if isinstance(m, CausalSelfAttention)) / T
         return {"matmul": matmul, "attention": attention, "total": matmul + attention}
 
-    def linear_calls_per_token(self, module):
-        """How many times a Linear is applied per token (shared layers applied repeatedly override this)."""
+    def linear_calls_per_token(self, module, T):
+        """How many times a Linear is applied per token of a length-T sequence (a shared layer: once per use; a
+        Linear that sees only some rows, like a [CLS] pooler: a fraction)."""
         return 1
 
     # import -----------------------------------------------------------------------------------------------------
@@ -552,7 +572,8 @@ class GPT(nn.Module):
         if block_size > hc.n_positions:
             raise ValueError(f"block_size={block_size} exceeds the checkpoint's {hc.n_positions} positions")
         config = cls.config_class(n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd, block_size=hc.n_positions,
-                                  vocab_size=hc.vocab_size, bias=True, dropout=0.0)
+                                  vocab_size=hc.vocab_size, bias=True, dropout=0.0,
+                                  hidden_act=hf_activation(hc.activation_function))
         for key, value in overrides.items():
             setattr(config, key, value)
         model = cls(config)

@@ -1,9 +1,15 @@
-"""bench.py end to end at a tiny shape: entries from names and config files, several lengths, the FLOP check."""
+"""bench.py end to end at a tiny shape: entries from names and config files, several lengths; the analytic FLOP counts
+of every variant against torch's FlopCounterMode."""
 import json
 
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+import variants  # noqa: F401
+from bench import attention_modules, build, counted_flops_per_token
 from conftest import run
+from model import VARIANTS
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--batch_size=2", "--reps=2", "--latency_reps=2", "--warmup=1",
         "--device=cpu"]
@@ -44,3 +50,27 @@ def test_attention_component(tmp_path):
 def test_bench_bad_input(tmp_path, arg, message):
     proc = run(["bench.py", arg, f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+SHAPE = dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=96)
+
+
+@pytest.mark.parametrize("name,fields", [(n, {}) for n in sorted(VARIANTS)] + [
+    ("albert", {"embedding_size": 16}), ("deberta", {"emd": False}), ("deberta", {"max_relative_positions": 5})])
+def test_analytic_flops_equal_the_flop_counter_for_every_variant(name, fields):
+    model = build(name, {**fields, "attn_impl": "dense"}, SHAPE, torch.device("cpu"))
+    counted, analytic = counted_flops_per_token(model, torch.randint(0, 90, (1, 24)))  # batch 1: see DeBERTa
+    assert counted == pytest.approx(analytic, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["bert", "albert", "deberta"])
+def test_encoder_training_flops_count_the_mlm_head_on_masked_positions_only(name):
+    T, masked = 24, 6
+    model = build(name, {"attn_impl": "dense", "mlm_prob": masked / T}, SHAPE, torch.device("cpu"))
+    idx = torch.randint(0, 90, (1, T))
+    targets = torch.full((1, T), -1)
+    targets[0, torch.randperm(T)[:masked]] = 7
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(idx, targets)
+    dense = sum(m.attention_flops(T, pairs=T * T) - m.attention_flops(T) for m in attention_modules(model))
+    assert counter.get_total_flops() == pytest.approx(model.flops_per_token(T, training=True)["total"] * T + dense)

@@ -221,7 +221,7 @@ def test_albert_shares_one_layer_and_counts_its_flops_per_application():
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         albert.run_blocks(x, torch.arange(T))
     block = albert.transformer.h[0]
-    analytic = sum(2 * m.weight.numel() * albert.linear_calls_per_token(m) for m in block.modules()
+    analytic = sum(2 * m.weight.numel() * albert.linear_calls_per_token(m, T) for m in block.modules()
                    if isinstance(m, torch.nn.Linear))
     analytic += albert.flops_per_token(T)["attention"]
     assert counter.get_total_flops() == analytic * T

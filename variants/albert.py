@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from model import register
-from variants.encoder import Encoder, EncoderConfig, hf_act, hf_linear, hf_overrides
+from model import hf_activation, register
+from variants.encoder import Encoder, EncoderConfig, hf_linear, hf_overrides
 
 
 @dataclass
@@ -34,8 +34,8 @@ class Albert(Encoder):
             x = block(x, pos, None, mask)
         return x
 
-    def linear_calls_per_token(self, module):
-        return self.config.n_layer if id(module) in self._shared_ids else 1
+    def linear_calls_per_token(self, module, T):
+        return self.config.n_layer if id(module) in self._shared_ids else super().linear_calls_per_token(module, T)
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
@@ -49,7 +49,7 @@ class Albert(Encoder):
                               embedding_size=hc.embedding_size, ffn_hidden=hc.intermediate_size,
                               block_size=hc.max_position_embeddings, vocab_size=hc.vocab_size,
                               type_vocab_size=hc.type_vocab_size, layer_norm_eps=hc.layer_norm_eps,
-                              hidden_act=hf_act(hc.hidden_act), bias=True)
+                              hidden_act=hf_activation(hc.hidden_act), bias=True)
         block_size = hf_overrides(config, overrides)
         sd, ours = hf.state_dict(), {}
         e = "albert.embeddings."

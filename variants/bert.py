@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from model import register
-from variants.encoder import Encoder, EncoderConfig, hf_act, hf_linear, hf_overrides
+from model import hf_activation, register
+from variants.encoder import Encoder, EncoderConfig, hf_linear, hf_overrides
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Bert(Encoder):
         config = BertConfig(n_layer=hc.num_hidden_layers, n_head=hc.num_attention_heads, n_embd=hc.hidden_size,
                             ffn_hidden=hc.intermediate_size, block_size=hc.max_position_embeddings,
                             vocab_size=hc.vocab_size, type_vocab_size=hc.type_vocab_size,
-                            layer_norm_eps=hc.layer_norm_eps, hidden_act=hf_act(hc.hidden_act), bias=True)
+                            layer_norm_eps=hc.layer_norm_eps, hidden_act=hf_activation(hc.hidden_act), bias=True)
         block_size = hf_overrides(config, overrides)
         sd, ours = hf.state_dict(), {}
         e = "bert.embeddings."

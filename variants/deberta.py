@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import AttnMask, CausalSelfAttention, register
-from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock, hf_act, hf_linear, \
+from model import AttnMask, CausalSelfAttention, hf_activation, register
+from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock, hf_linear, \
     hf_overrides
 
 
@@ -94,6 +94,10 @@ class DisentangledSelfAttention(BidirectionalSelfAttention):
         bias = self.relative_bias(q, k, mask.rel)
         return AttnMask(causal=False, bias=bias if mask.bias is None else bias + mask.bias)
 
+    def attention_flops(self, T, pairs=None):
+        # plus c2p and p2c: content queries against the 2k relative keys, content keys against the 2k relative queries
+        return super().attention_flops(T, pairs) + 8 * self.n_embd * self.span * T * self.applications
+
     def attention_weights(self, x, pos, mask=None):
         from model import dense_attention
         q, k, v = self.qkv(x)
@@ -117,6 +121,8 @@ class Deberta(Encoder):
     def __init__(self, config):
         super().__init__(config)
         self.transformer.rel = nn.Embedding(2 * config.rel_span(), config.n_embd)
+        if config.emd:
+            self.transformer.h[-1].attn.applications = 2  # the EMD runs the last layer twice (and not plainly)
         self._init_weights(self.transformer.rel)
 
     def make_attention(self, layer_idx):
@@ -147,10 +153,15 @@ class Deberta(Encoder):
             query = blocks[-1](x, pos, None, mask, query=query)
         return query
 
-    def linear_calls_per_token(self, module):
-        if self.config.emd and any(module is m for m in self.transformer.h[-1].modules()):
-            return 2  # the last layer runs twice in the EMD
-        return 1
+    def linear_calls_per_token(self, module, T):
+        for block in self.transformer.h:
+            attn = block.attn
+            # on the 2k relative rows once per application, shared by the batch: exact per token at batch 1
+            if module is attn.pos_proj or module is attn.pos_q_proj:
+                return attn.applications * 2 * attn.span / T
+            if any(module is m for m in block.modules()):
+                return attn.applications
+        return super().linear_calls_per_token(module, T)
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
@@ -167,7 +178,7 @@ class Deberta(Encoder):
         config = DebertaConfig(n_layer=hc.num_hidden_layers, n_head=hc.num_attention_heads, n_embd=hc.hidden_size,
                                ffn_hidden=hc.intermediate_size, block_size=hc.max_position_embeddings,
                                vocab_size=hc.vocab_size, type_vocab_size=hc.type_vocab_size,
-                               layer_norm_eps=hc.layer_norm_eps, hidden_act=hf_act(hc.hidden_act), bias=True,
+                               layer_norm_eps=hc.layer_norm_eps, hidden_act=hf_activation(hc.hidden_act), bias=True,
                                max_relative_positions=span, emd=False)
         block_size = hf_overrides(config, overrides)
         sd, ours, H = hf.state_dict(), {}, hc.hidden_size

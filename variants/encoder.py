@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, AttnMask, CausalSelfAttention, GPTConfig
+from model import GPT, AttnMask, CausalSelfAttention, GPTConfig, make_gelu
 
 N_SPECIAL = 4  # [PAD] [CLS] [SEP] [MASK], the last four ids of the model vocabulary
 PAIR_TASKS = ("nsp", "sop", "none")
@@ -67,13 +67,6 @@ def hf_linear(ours, sd, dst, src, bias=True):
         ours[dst + ".bias"] = sd[src + ".bias"]
 
 
-def hf_act(name):
-    acts = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
-    if name not in acts:
-        raise ValueError(f"activation {name!r} is not supported (gelu, gelu_new)")
-    return acts[name]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -83,7 +76,6 @@ class EncoderConfig(GPTConfig):
     embedding_size: int = 0  # input embedding width E; 0 = n_embd (ALBERT factorises E -> H)
     type_vocab_size: int = 2  # token types (segments A/B); 0 = none
     layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"  # "gelu" (exact, BERT) or "gelu_tanh"
     mlm_prob: float = 0.15
     max_ngram: int = 1  # MLM selects spans of 1..max_ngram tokens with p(n) ~ 1/n (ALBERT: 3)
     pair_task: str = "nsp"  # "nsp" (BERT), "sop" (ALBERT) or "none" (MLM only)
@@ -100,8 +92,6 @@ class EncoderConfig(GPTConfig):
             raise ValueError(f"pair_task must be one of {', '.join(PAIR_TASKS)}, got {self.pair_task!r}")
         if self.pair_task != "none" and self.type_vocab_size < 2:
             raise ValueError(f"pair_task={self.pair_task!r} needs type_vocab_size >= 2 (segments A and B)")
-        if self.hidden_act not in ("gelu", "gelu_tanh"):
-            raise ValueError(f"hidden_act must be 'gelu' or 'gelu_tanh', got {self.hidden_act!r}")
         if self.ffn_hidden < 0 or self.embedding_size < 0 or self.type_vocab_size < 0 or self.layer_norm_eps <= 0:
             raise ValueError("ffn_hidden, embedding_size and type_vocab_size must be >= 0 and layer_norm_eps > 0")
         if self.block_size < 8:
@@ -117,13 +107,11 @@ class EncoderConfig(GPTConfig):
 
 
 class BidirectionalSelfAttention(CausalSelfAttention):
-    applications = 1  # how often the module runs per forward pass (ALBERT's shared layer: n_layer)
-
     def mask(self, Tq, Tk, q_offset):
         return AttnMask(causal=False, q_offset=q_offset)
 
     def attended_entries(self, T):
-        return self.applications * T * T
+        return T * T
 
 
 class EncoderMLP(nn.Module):
@@ -131,7 +119,7 @@ class EncoderMLP(nn.Module):
         super().__init__()
         hidden = config.ffn_hidden or 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.act = nn.GELU(approximate="tanh" if config.hidden_act == "gelu_tanh" else "none")
+        self.act = make_gelu(config)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -176,7 +164,7 @@ class Encoder(GPT):
             new.append(self.transformer.wtt)
         self.transformer.ln_emb = nn.LayerNorm(E, eps=c.layer_norm_eps)
         self.mlm_dense = nn.Linear(H, E)
-        self.mlm_act = nn.GELU(approximate="tanh" if c.hidden_act == "gelu_tanh" else "none")
+        self.mlm_act = make_gelu(c)
         self.mlm_ln = nn.LayerNorm(E, eps=c.layer_norm_eps)
         self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))
         new.append(self.mlm_dense)
@@ -232,6 +220,19 @@ class Encoder(GPT):
         for block in self.transformer.h:
             x = block(x, pos, None, mask)
         return x
+
+    # accounting ---------------------------------------------------------------------------------------------------
+    def linear_calls_per_token(self, module, T):
+        return 1 / T if module is getattr(self, "pooler", None) or module is getattr(self, "pair_head", None) else 1
+
+    def flops_per_token(self, T, training=False):
+        """Plus the MLM decoder (an F.linear on the tied word embeddings, not an nn.Linear); in training the MLM
+        head runs on the masked positions only, about mlm_prob of them."""
+        f = super().flops_per_token(T)
+        head = 2 * self.mlm_dense.weight.numel() + 2 * self.transformer.wte.weight.numel()
+        f["matmul"] += head * ((self.config.mlm_prob if training else 1) - 1) + 2 * self.transformer.wte.weight.numel()
+        f["total"] = f["matmul"] + f["attention"]
+        return f
 
     # heads ----------------------------------------------------------------------------------------------------------
     def mlm_logits(self, h):

@@ -104,6 +104,6 @@ class ParallelGPT(GPT):
             x = self.merge(x_left, x_right)
         return x
 
-    def linear_calls_per_token(self, module):
+    def linear_calls_per_token(self, module, T):
         # the one bottleneck Linear is applied once per stage
         return self.config.n_layer // 2 if module is getattr(self, "bottleneck", None) else 1
