@@ -69,11 +69,11 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
-def measure_peak_flops(device, dtype, reps=10):
-    """FLOP/s of a large square matmul on this device and dtype: the denominator of MFU."""
+def measure_peak_flops(device, dtype, reps=3):
+    """FLOP/s of a large square matmul on this device and dtype (median of reps): one reading of MFU's denominator."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    for _ in range(2):
         a @ b
     return 2 * n ** 3 / statistics.median(timed(lambda: a @ b, device) for _ in range(reps))
 
@@ -284,9 +284,11 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    peak_before = measure_peak_flops(device, dtype)
+    # the machine's speed drifts (clocks, neighbours): the peak is read again in every timing round, and MFU divides
+    # by the median of all readings, so numerator and denominator see the same stretch of machine
+    peaks = [measure_peak_flops(device, dtype)]
     print(f"device {device}, {dtype}, {torch.get_num_threads()} threads; measured matmul peak "
-          f"{peak_before / 1e9:.1f} GFLOP/s; shape {shape}, batch {cfg.batch_size}, component {cfg.component}")
+          f"{peaks[0] / 1e9:.1f} GFLOP/s; shape {shape}, batch {cfg.batch_size}, component {cfg.component}")
 
     gen = {}  # first, on the fresh eager models, before any compilation runs in this process
     if cfg.gen_tokens and cfg.component == "model":
@@ -323,6 +325,7 @@ def main(argv):
             run["latency"]()
             run["peak_memory_bytes"] = mem.peak
         for _ in range(cfg.reps):  # interleaved: every entry sees the same stretch of machine noise
+            peaks.append(measure_peak_flops(device, dtype))
             for run in runs:
                 run["t_fwd"].append(timed(run["fwd"], device))
                 run["t_fwd_bwd"].append(timed(run["fwd_bwd"], device))
@@ -343,8 +346,8 @@ def main(argv):
                             "measured": statistics.median(ref["t_fwd_bwd"]) / fb["median"]}})
             print(f"T={T} {run['label']} ({run['mode']}): fwd+bwd {fb['median'] * 1e3:.1f} ms")
 
-    # the machine's speed drifts (clocks, neighbours): MFU divides by the larger of two peak measurements
-    peak = max(peak_before, measure_peak_flops(device, dtype))
+    peaks.append(measure_peak_flops(device, dtype))
+    peak = statistics.median(peaks)
     for r in results:
         r["mfu"] = 3 * r["flops_per_token"] * cfg.batch_size * r["T"] / r["fwd_bwd_s"]["median"] / peak
     flop_checks = {}
@@ -378,11 +381,13 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     report = {"command": "python bench.py " + " ".join(argv), "config": asdict(cfg), "device": str(device),
               "dtype": str(dtype), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "peak_flops": peak, "results": results, "flop_counter_check": flop_checks, "generation": gen}
+              "peak_flops": peak, "peak_flops_readings": peaks, "results": results, "flop_counter_check": flop_checks,
+              "generation": gen}
     (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "bench.md").write_text(
         f"`python bench.py {' '.join(argv)}` on {device} ({dtype}, {torch.get_num_threads()} threads), measured "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s (the larger of a measurement before and one after the timings). "
+        f"matmul peak {peak / 1e9:.1f} GFLOP/s (median of {len(peaks)} readings taken between the timing rounds, range "
+        f"{min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f}). "
         f"MFU = 3 x analytic forward FLOPs / fwd+bwd time / peak.\n\n"
         + table + "\n")
     if len(seq_lens) > 1:

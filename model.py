@@ -496,7 +496,7 @@ class GPT(nn.Module):
         return [KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
                 for _ in range(c.n_layer)]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # cheaper than no_grad per op, which batch-1 decoding feels
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
         """Sample max_new_tokens after idx (B, T). temperature=0 is greedy. Cached decoding equals uncached.
 
