@@ -3,8 +3,9 @@ One config surface for train.py, sample.py and bench.py (DESIGN principle 7).
 
     python train.py config/train_shakespeare_char.py --n_layer=4 --compile=False
 
-Positional arguments are python config files (plain assignments, applied in order); `--key=value` overrides come
-after and are parsed with ast.literal_eval (a value that is not a python literal is taken as a string). Every key
+Positional arguments are python config files (plain assignments, applied in order; `base = "x.py"` in one applies
+x.py first); `--key=value` overrides come after and are parsed with ast.literal_eval (a value that is not a python
+literal is taken as a string). Every key
 must be a declared field: the entry point's own dataclass, plus, when it builds a model, GPTConfig and the chosen
 variant's fields. Unknown keys and wrong types raise ConfigError naming the key.
 """
@@ -23,17 +24,27 @@ class ConfigError(ValueError):
     pass
 
 
-def read_config_file(path):
+def read_config_file(path, _seen=()):
+    """{key: value} of a config file's assignments. `base = "other.py"` (a path relative to this file's folder) reads
+    that file first and lets this one override it, so a twin states only how it differs from its recipe."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path} not found")
+    if p.resolve() in _seen:
+        raise ConfigError(f"config file {path} includes itself through `base`")
     scope = {}
     try:
         exec(compile(p.read_text(), str(p), "exec"), scope)
     except Exception as e:  # a config file is user code: report its error as one line
         raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
-    return {k: v for k, v in scope.items()
-            if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    values = {k: v for k, v in scope.items()
+              if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base must be a path string, got {base!r}")
+    return {**read_config_file(p.parent / base, (*_seen, p.resolve())), **values}
 
 
 def parse_args(argv):

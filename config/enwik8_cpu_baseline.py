@@ -1,34 +1,6 @@
 # Small CPU twin of config/enwik8_cpu_span_periodic.py: plain causal attention, same extra per-block position embeddings.
 # OMP_NUM_THREADS=1 python train.py config/enwik8_cpu_baseline.py --data_dir=/tmp/enwik8_wt2
-# Twins at the same iterations: config/enwik8_cpu_baseline.py, config/enwik8_cpu_span_only.py.
+base = "enwik8_cpu_span_periodic.py"
 out_dir = "out-enwik8-cpu-baseline"
-dataset = "enwik8"
-device = "cpu"
-compile = False
-eval_interval = 200
-eval_iters = 20
-log_interval = 20
-always_save_checkpoint = False
-
-batch_size = 8
-block_size = 256
-n_layer = 4
-n_head = 4
-n_embd = 128
-dropout = 0.0
-bias = False
-
-learning_rate = 1e-3
-min_lr = 1e-4
-beta2 = 0.99
-warmup_iters = 40
-max_iters = 400
-lr_decay_iters = 400
-
-variant = "adaptive_span"
 use_adaptive_attention = False
 use_triangle_wave_masking = False
-softness_span_mask = 32.0
-span_reg = 4e-6
-block_pos_emb = True
-span_block = 32  # the reach (z + R, about 160 at init) is rounded up to 32-key blocks

@@ -1,29 +1,5 @@
-# Layer-wise windows (SPEC §3), schedule "quarter", trained from scratch on TinyStories on a CPU: 12 layers so the
-# schedule is exactly SPEC's 12-layer table, tiny width so a run takes minutes (1 thread). Prepare the data with
-# python data/tinystories/prepare.py --train ../shared/data/tinystories/train_first1000/tiny_stories.txt \
-#   --val ../shared/data/tinystories/validation_prefix/tinystories_val.txt --out_dir /tmp/ts
-# then: OMP_NUM_THREADS=1 python train.py config/tinystories_layerwise_quarter_cpu.py --data_dir=/tmp/ts
-variant = "layerwise"
+# Layer-wise windows (SPEC §3), schedule "quarter": config/tinystories_layerwise_full_cpu.py with another schedule.
+# OMP_NUM_THREADS=1 python train.py config/tinystories_layerwise_quarter_cpu.py --data_dir=/tmp/ts
+base = "tinystories_layerwise_full_cpu.py"
 schedule = "quarter"
 out_dir = "out-tinystories-layerwise-quarter"
-dataset = "tinystories"
-eval_interval = 50
-eval_iters = 8
-log_interval = 10
-
-batch_size = 4
-block_size = 256
-n_layer = 12
-n_head = 4
-n_embd = 64
-dropout = 0.0
-bias = False
-
-learning_rate = 2e-3
-min_lr = 2e-4
-warmup_iters = 5
-max_iters = 50
-lr_decay_iters = 50
-weight_decay = 0.1
-compile = False
-device = "cpu"

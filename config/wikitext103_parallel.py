@@ -1,7 +1,7 @@
 # Parallel GPT-2 medium, concat bottleneck (SPEC §1.2; hub parallel-gpt2-medium-wikitext, their ppl 25.73):
 # 12 stages of 2 parallel blocks, one Linear(2048, 1024) shared by all stages.
 # python train.py config/wikitext103_parallel.py
-exec(open("config/train_wikitext103.py").read())  # GPT-2 medium recipe of SPEC §1.0 (run from the repo root)
+base = "train_wikitext103.py"  # GPT-2 medium recipe of SPEC §1.0
 variant = "parallel"
 out_dir = "out-wikitext103-parallel"
 bottleneck_method = "concat"

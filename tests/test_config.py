@@ -86,3 +86,27 @@ def test_every_shipped_config_resolves(path):
     entry, model, _ = resolve([path], train.TrainConfig)
     entry.validate()
     assert model is not None
+
+
+def test_base_includes_apply_the_base_first_relative_to_the_including_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "recipe.py").write_text('learning_rate = 1e-3\nmax_iters = 10\ndevice = "cpu"\n')
+    (tmp_path / "sub" / "twin.py").write_text('base = "../recipe.py"\nmax_iters = 20\n')
+    (tmp_path / "sub" / "twin2.py").write_text('base = "twin.py"\ndevice = "cuda"\n')
+    assert configurator.read_config_file(tmp_path / "sub" / "twin2.py") == {
+        "learning_rate": 1e-3, "max_iters": 20, "device": "cuda"}
+    entry, _, keys = resolve([str(tmp_path / "sub" / "twin2.py"), "--max_iters=5"], Entry)
+    assert (entry.learning_rate, entry.max_iters, entry.device) == (1e-3, 5, "cuda") and "base" not in keys
+
+
+def test_base_errors_are_clear(tmp_path):
+    (tmp_path / "a.py").write_text('base = "b.py"\n')
+    (tmp_path / "b.py").write_text('base = "a.py"\n')
+    (tmp_path / "c.py").write_text('base = "missing.py"\n')
+    (tmp_path / "d.py").write_text('base = 3\n')
+    with pytest.raises(ConfigError, match="includes itself"):
+        configurator.read_config_file(tmp_path / "a.py")
+    with pytest.raises(ConfigError, match="missing.py not found"):
+        configurator.read_config_file(tmp_path / "c.py")
+    with pytest.raises(ConfigError, match="base must be a path string"):
+        configurator.read_config_file(tmp_path / "d.py")
