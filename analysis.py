@@ -17,7 +17,6 @@ inputs it really gets (x, pos, cache, mask) during a normal forward pass; each m
 mask) then recomputes its probabilities with the dense reference kernel, one layer at a time.
 """
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -15,6 +15,26 @@ if (SHARED / "tiktoken_cache").is_dir():
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def assert_same_outputs_and_grads(a, b, atol=1e-5, rtol=1e-4):
+    """a, b: (output, [gradients]) of one computation by two paths (fast kernel vs dense reference)."""
+    torch.testing.assert_close(a[0], b[0], atol=atol, rtol=rtol)
+    for x, y in zip(a[1], b[1], strict=True):
+        torch.testing.assert_close(x, y, atol=atol, rtol=rtol)
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """(q shape, k shape) of every F.scaled_dot_product_attention call made while the test runs."""
+    seen, real = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((tuple(q.shape), tuple(k.shape)))
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
 def need_shared(*parts):
     path = SHARED.joinpath(*parts)
     if not path.exists():

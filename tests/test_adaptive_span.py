@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import model as model_module
-from adaptive_attention_span import AdaptiveSpanAttention, AdaptiveSpanConfig, AdaptiveSpanGPT, TriangleWave
-from model import AttnMask, dense_attention, sdpa_attention
+from adaptive_attention_span import AdaptiveSpanConfig, AdaptiveSpanGPT, TriangleWave
 from tests.conftest import run
 
 # reach = ceil(10 + 4) = 14, rounded up to 16
@@ -162,21 +161,13 @@ def test_causal_by_gradients(impl, periodic):
         assert past > 0.0
 
 
-def test_keys_beyond_the_reach_are_never_computed(monkeypatch):
-    seen = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kw):
-        seen.append((q.size(-2), k.size(-2)))
-        return real(q, k, v, **kw)
-
-    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+def test_keys_beyond_the_reach_are_never_computed(sdpa_calls):
     model = tiny(n_layer=1, block_size=128)
     attn = model.transformer.h[0].attn
     with torch.no_grad():
         model(torch.randint(0, 50, (1, 128)))
     D, b = attn.reach(), attn.block
-    assert seen == [(b, b + D - 1)]  # one banded call: blocks of b queries, b + D - 1 keys each
+    assert [(qs[-2], ks[-2]) for qs, ks in sdpa_calls] == [(b, b + D - 1)]  # one banded call: blocks of b queries, b + D - 1 keys each
     assert -(-128 // b) * b * (b + D - 1) == attn.executed_entries(128) < 128 * 129 / 2
 
 

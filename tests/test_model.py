@@ -2,11 +2,11 @@
 import math
 
 import pytest
-import torch.nn.functional as F
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import variants  # noqa: F401
+from conftest import assert_same_outputs_and_grads
 from model import GPT, AttnMask, GPTConfig, dense_attention, get_variant, sdpa_attention
 
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.0)
@@ -199,21 +199,11 @@ def test_banded_fast_path_equals_dense_with_gradients(T, window, block, q_offset
         for p in params:
             p.grad = None
     assert bool(calls) == banded  # short sequences and cached decoding take the explicit-mask path
-    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
-    for a, b in zip(grads[0][1], grads[1][1]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_same_outputs_and_grads(*grads)
 
 
-def test_banded_path_only_computes_reachable_keys(monkeypatch):
-    import model as model_module
-    seen = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q, k, v, **kw):
-        seen.append((q.size(-2), k.size(-2)))
-        return real(q, k, v, **kw)
-
-    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+def test_banded_path_only_computes_reachable_keys(sdpa_calls):
     q = torch.randn(1, 1, 256, 8)
     sdpa_attention(q, q, q, AttnMask(window=16, block=32))
+    seen = [(qs[-2], ks[-2]) for qs, ks in sdpa_calls]
     assert seen == [(32, 32 + 16 - 1)]  # one call: 8 query blocks of 32, each against 47 keys, not 256

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run
+from conftest import run
 
 SMALL = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=32", "--batch_size=8",
          "--dropout=0.0", "--bias=False", "--learning_rate=2e-3", "--warmup_iters=5", "--min_lr=2e-4",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from model import GPT, MLP, CausalSelfAttention, GPTConfig, register
+from model import GPT, CausalSelfAttention, GPTConfig, register
 
 
 @dataclass

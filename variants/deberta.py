@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import AttnMask, CausalSelfAttention, hf_activation, register
+from model import AttnMask, hf_activation, register
 from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock, hf_linear, \
     hf_overrides
 

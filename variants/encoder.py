@@ -15,7 +15,6 @@ optional key-padding mask that run_blocks builds once for all layers. The MLM he
 matmul with the (tied) word embeddings + a bias, evaluated only on the masked positions while training; the pair head
 is a tanh pooler on [CLS] followed by Linear(H, 2).
 """
-import math
 from dataclasses import dataclass
 
 import torch

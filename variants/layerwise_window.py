@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 if __name__ == "__main__":  # run as a script: import the registered module instead of re-registering this copy
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
