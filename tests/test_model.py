@@ -132,6 +132,8 @@ def test_registry_errors_name_close_matches():
 def test_config_validation():
     with pytest.raises(ValueError, match="n_head=5 must divide n_embd=32"):
         GPT(GPTConfig(**{**TINY, "n_head": 5}))
+    with pytest.raises(ValueError, match="hidden_act must be 'gelu' or 'gelu_tanh', got 'relu'"):
+        GPT(GPTConfig(**{**TINY, "hidden_act": "relu"}))
     model = tiny()
     with pytest.raises(ValueError, match="block_size is 24"):
         model(torch.zeros(1, 25, dtype=torch.long))
@@ -167,6 +169,9 @@ def test_hf_gpt2_import_matches_transformers(tmp_path):
         ours, _ = model(idx)
         theirs = hf(idx).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert model.config.hidden_act == "gelu_tanh"  # GPT-2's gelu_new; our default is nanoGPT's exact GELU
+    x = torch.linspace(-4, 4, 101)
+    assert not torch.allclose(model.transformer.h[0].mlp.gelu(x), tiny().transformer.h[0].mlp.gelu(x), atol=1e-4)
     cropped = GPT.from_pretrained(str(tmp_path), block_size=16)
     assert cropped.config.block_size == 16 and cropped.transformer.wpe.weight.shape[0] == 16
     with pytest.raises(ValueError, match="exceeds the checkpoint's 40"):
