@@ -8,7 +8,7 @@ distances periodically. Attention is softmax(s + log m_span + log m_tri): the po
 the paper written as an additive log-mask, -inf where a mask is <= 1e-6.
 
 Both masks depend on the distance only, so a layer's whole mask is an (H, D) table (AttnMask.distance_bias), where D,
-the layer's reach, is max_h z_h + R rounded up to the kernel's block. model.py's blocked SDPA path then never computes
+the layer's reach, is max_h z_h + R rounded up to 16 keys. model.py's blocked SDPA path then never computes
 keys further than D, the dense reference gives the same numbers (tests check outputs and gradients, d/du and
 d/dperiod included), and generation keeps only the last D - 1 keys per layer (RollingKVCache).
 
@@ -25,6 +25,8 @@ import torch.nn as nn
 from model import GPT, AttnMask, Block, CausalSelfAttention, GPTConfig, KVCache, MLP, RollingKVCache, executed_entries, register
 
 MASK_FLOOR = 1e-6  # mask values at or below this are -inf (SPEC §2.4)
+REACH_QUANTUM = 16  # the reach is rounded up to 16 keys (or the query block, if smaller): shapes (and torch.compile
+#                     graphs) change only now and then as spans learn, and few keys are computed in vain
 
 
 @dataclass
@@ -39,7 +41,7 @@ class AdaptiveSpanConfig(GPTConfig):
     max_span: int | None = None  # S; None means block_size
     span_init: float | None = None  # initial z of every head; None means u = 0, z = S/2
     block_pos_emb: bool = True  # SPEC §2.1: a learned position embedding added before every block but the first
-    span_block: int = 64  # query block of the blocked fast path; the reach is rounded up to a multiple of it
+    span_block: int = 64  # query block of the blocked fast path (each block computes block + reach - 1 keys)
 
     def validate(self):
         super().validate()
@@ -131,11 +133,12 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         return bias.masked_fill(dead, float("-inf"))
 
     def reach(self):
-        """Distances the layer can attend: 0..reach-1, rounded up to the block. m_span(d) > 1e-6 needs
-        d < z + R(1 - 1e-6); the margin keeps z = 128.00001 (float error) from costing a whole extra block."""
+        """Distances the layer can attend: 0..reach-1, rounded up to the quantum. m_span(d) > 1e-6 needs
+        d < z + R(1 - 1e-6); the margin keeps z = 128.00001 (float error) from costing a whole extra quantum."""
         with torch.no_grad():
             r = math.ceil(float(self.spans().max()) + self.softness * (1 - MASK_FLOOR))
-        return -(-r // self.block) * self.block
+        quantum = min(REACH_QUANTUM, self.block)
+        return -(-r // quantum) * quantum
 
     def mask(self, Tq, Tk, q_offset):
         if torch.is_grad_enabled():
@@ -174,7 +177,7 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         return float(self.entries_per_head(T).mean())
 
     def executed_entries(self, T):
-        """(query, key) entries per head the fast path really computes: whole blocks of keys within the reach."""
+        """(query, key) entries per head the fast path really computes: block + reach - 1 keys per query block."""
         return executed_entries(T, min(self.reach(), T), self.block)
 
 

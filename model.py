@@ -213,10 +213,13 @@ def banded_attention(q, k, v, mask, reach, block, dropout_p=0.0, scale=None):
         attn_mask = attn_mask.reshape(1, H * nb, b, K)
     else:
         attn_mask = keep[None, :, None].expand(B, nb, 1, b, K).reshape(B * nb, 1, b, K)
+    if by_head:  # a learnable bias: plain matmuls (SDPA's math path would scale k too and add passes)
+        q_blocks = fold(F.pad(q * (hd ** -0.5 if scale is None else scale), (0, 0, 0, pad)).view(B, H, nb, b, hd), b)
+        probs = torch.softmax(q_blocks @ gather(k).transpose(-1, -2) + attn_mask, dim=-1)
+        probs = F.dropout(probs, dropout_p) if dropout_p else probs
+        return (probs @ gather(v)).view(B, H, nb * b, hd)[:, :, :T]
     y = F.scaled_dot_product_attention(fold(F.pad(q, (0, 0, 0, pad)).view(B, H, nb, b, hd), b), gather(k), gather(v),
                                        attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
-    if by_head:
-        return y.view(B, H, nb * b, hd)[:, :, :T]
     return y.view(B, nb, H, b, hd).transpose(1, 2).reshape(B, H, nb * b, hd)[:, :, :T]
 
 

@@ -31,4 +31,4 @@ use_triangle_wave_masking = True
 softness_span_mask = 32.0
 span_reg = 4e-6
 block_pos_emb = True
-span_block = 32  # the reach (z + R, about 160 at init) is rounded up to 32-key blocks
+span_block = 32  # query blocks of 32 (the reach, z + R = 160 at init, is rounded up to 16 keys)

@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import model as model_module
 from adaptive_attention_span import AdaptiveSpanConfig, AdaptiveSpanGPT, TriangleWave
+from model import sdpa_attention
 from tests.conftest import run
 
 # reach = ceil(10 + 4) = 14, rounded up to 16
@@ -161,14 +163,16 @@ def test_causal_by_gradients(impl, periodic):
         assert past > 0.0
 
 
-def test_keys_beyond_the_reach_are_never_computed(sdpa_calls):
+def test_keys_beyond_the_reach_are_never_computed():
     model = tiny(n_layer=1, block_size=128)
     attn = model.transformer.h[0].attn
-    with torch.no_grad():
-        model(torch.randint(0, 50, (1, 128)))
+    q, k, v = (torch.randn(2, attn.n_head, 128, attn.head_dim) for _ in range(3))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        sdpa_attention(q, k, v, attn.mask(128, 128, 0))
     D, b = attn.reach(), attn.block
-    assert [(qs[-2], ks[-2]) for qs, ks in sdpa_calls] == [(b, b + D - 1)]  # one banded call: blocks of b queries, b + D - 1 keys each
-    assert -(-128 // b) * b * (b + D - 1) == attn.executed_entries(128) < 128 * 129 / 2
+    executed = -(-128 // b) * b * (b + D - 1)  # blocks of b queries, b + D - 1 keys each
+    assert counter.get_total_flops() == 2 * attn.n_head * 4 * attn.head_dim * executed  # QK^T and AV, batch 2
+    assert executed == attn.executed_entries(128) < 128 * 129 / 2
 
 
 @pytest.mark.parametrize("periodic", [False, True])

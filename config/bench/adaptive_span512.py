@@ -1,5 +1,5 @@
 # bench entry: adaptive span with every head's span starting at z = 512 (softness R = 32, so keys up to distance
-# 512 + 32 are attended; the reach is rounded up to the 64-query block of the fast path).
+# 512 + 32 are attended; the reach is rounded up to 16 keys; the fast path works in 64-query blocks).
 # python bench.py --variants=gpt,config/bench/adaptive_span32.py,config/bench/adaptive_span128.py,config/bench/adaptive_span512.py --component=attention --block_size=1024 --seq_lens=1024
 variant = "adaptive_span"
 use_adaptive_attention = True
