@@ -1,6 +1,7 @@
 """bench.py end to end at a tiny shape: entries from names and config files, several lengths; the analytic FLOP counts
 of every variant against torch's FlopCounterMode."""
 import json
+import statistics
 
 import pytest
 import torch
@@ -31,7 +32,9 @@ def test_bench_reports_every_entry_and_length(tmp_path):
     assert rows[("gpt", 64)]["speedup"]["measured"] == 1.0
     for check in report["flop_counter_check"].values():
         assert check["counted"] == pytest.approx(check["analytic"], rel=1e-9)
-    assert all(g["identical"] for g in report["generation"].values())
+    assert all(g["identical"] and g["reps"] == 3 for g in report["generation"].values())
+    peaks = report["peak_flops_readings"]  # one before, one per timing round and length, one after
+    assert len(peaks) == 2 + 2 * 2 and report["peak_flops"] == statistics.median(peaks)
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "| gpt_dense | eager | 64 |" in proc.stdout
 
