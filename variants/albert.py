@@ -4,10 +4,9 @@ n_layer times), SOP instead of NSP, n-gram MLM masking (n <= 3, p(n) ~ 1/n), MLM
 embeddings. No dropout by default, as in the paper."""
 from dataclasses import dataclass
 
-import torch
-
 from model import hf_activation, register
-from variants.encoder import Encoder, EncoderConfig, hf_linear, hf_overrides
+from variants.encoder import Encoder, EncoderConfig, hf_embeddings, hf_fused_qkv, hf_linear, hf_mlm_head, \
+    hf_overrides, hf_post_ln_layer
 
 
 @dataclass
@@ -52,24 +51,13 @@ class Albert(Encoder):
                               hidden_act=hf_activation(hc.hidden_act), bias=True)
         block_size = hf_overrides(config, overrides)
         sd, ours = hf.state_dict(), {}
-        e = "albert.embeddings."
-        for dst, src in (("wte", "word_embeddings"), ("wpe", "position_embeddings"),
-                         ("wtt", "token_type_embeddings")):
-            ours[f"transformer.{dst}.weight"] = sd[e + src + ".weight"]
-        hf_linear(ours, sd, "transformer.ln_emb", e + "LayerNorm")
+        hf_embeddings(ours, sd, "albert.embeddings.")
         hf_linear(ours, sd, "transformer.emb_proj", "albert.encoder.embedding_hidden_mapping_in")
         p, o = "albert.encoder.albert_layer_groups.0.albert_layers.0.", "transformer.h.0."
-        for part in ("weight", "bias"):
-            ours[o + "attn.c_attn." + part] = torch.cat([sd[p + f"attention.{n}.{part}"]
-                                                          for n in ("query", "key", "value")])
-        hf_linear(ours, sd, o + "attn.c_proj", p + "attention.dense")
-        hf_linear(ours, sd, o + "ln_1", p + "attention.LayerNorm")
-        hf_linear(ours, sd, o + "mlp.c_fc", p + "ffn")
-        hf_linear(ours, sd, o + "mlp.c_proj", p + "ffn_output")
-        hf_linear(ours, sd, o + "ln_2", p + "full_layer_layer_norm")
+        hf_fused_qkv(ours, sd, o, p + "attention.")
+        hf_post_ln_layer(ours, sd, o, p, ("attention.dense", "attention.LayerNorm", "ffn", "ffn_output",
+                                          "full_layer_layer_norm"))
         hf_linear(ours, sd, "pooler", "albert.pooler")
-        hf_linear(ours, sd, "mlm_dense", "predictions.dense")
-        hf_linear(ours, sd, "mlm_ln", "predictions.LayerNorm")
-        ours["mlm_bias"] = sd["predictions.bias"]
+        hf_mlm_head(ours, sd, "predictions.dense", "predictions.LayerNorm", "predictions.bias")
         hf_linear(ours, sd, "pair_head", "sop_classifier.classifier")
         return cls(config).finish_import(ours, block_size)

@@ -3,10 +3,9 @@
 bias, and NSP through a tanh pooler on [CLS]. Everything but the weight mapping lives in variants/encoder.py."""
 from dataclasses import dataclass
 
-import torch
-
 from model import hf_activation, register
-from variants.encoder import Encoder, EncoderConfig, hf_linear, hf_overrides
+from variants.encoder import Encoder, EncoderConfig, hf_embeddings, hf_fused_qkv, hf_linear, hf_mlm_head, \
+    hf_overrides, hf_post_ln_layer
 
 
 @dataclass
@@ -30,24 +29,13 @@ class Bert(Encoder):
                             layer_norm_eps=hc.layer_norm_eps, hidden_act=hf_activation(hc.hidden_act), bias=True)
         block_size = hf_overrides(config, overrides)
         sd, ours = hf.state_dict(), {}
-        e = "bert.embeddings."
-        for dst, src in (("wte", "word_embeddings"), ("wpe", "position_embeddings"),
-                         ("wtt", "token_type_embeddings")):
-            ours[f"transformer.{dst}.weight"] = sd[e + src + ".weight"]
-        hf_linear(ours, sd, "transformer.ln_emb", e + "LayerNorm")
+        hf_embeddings(ours, sd, "bert.embeddings.")
         for i in range(config.n_layer):
             p, o = f"bert.encoder.layer.{i}.", f"transformer.h.{i}."
-            for part in ("weight", "bias"):
-                ours[o + "attn.c_attn." + part] = torch.cat(
-                    [sd[p + f"attention.self.{n}.{part}"] for n in ("query", "key", "value")])
-            hf_linear(ours, sd, o + "attn.c_proj", p + "attention.output.dense")
-            hf_linear(ours, sd, o + "ln_1", p + "attention.output.LayerNorm")
-            hf_linear(ours, sd, o + "mlp.c_fc", p + "intermediate.dense")
-            hf_linear(ours, sd, o + "mlp.c_proj", p + "output.dense")
-            hf_linear(ours, sd, o + "ln_2", p + "output.LayerNorm")
+            hf_fused_qkv(ours, sd, o, p + "attention.self.")
+            hf_post_ln_layer(ours, sd, o, p)
         hf_linear(ours, sd, "pooler", "bert.pooler.dense")
-        hf_linear(ours, sd, "mlm_dense", "cls.predictions.transform.dense")
-        hf_linear(ours, sd, "mlm_ln", "cls.predictions.transform.LayerNorm")
-        ours["mlm_bias"] = sd["cls.predictions.bias"]
+        hf_mlm_head(ours, sd, "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                    "cls.predictions.bias")
         hf_linear(ours, sd, "pair_head", "cls.seq_relationship")
         return cls(config).finish_import(ours, block_size)

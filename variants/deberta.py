@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from model import AttnMask, hf_activation, register
 from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock, hf_linear, \
-    hf_overrides
+    hf_mlm_head, hf_overrides, hf_post_ln_layer
 
 
 @dataclass
@@ -196,13 +196,8 @@ class Deberta(Encoder):
                 ours[o + "attn." + name] = sd[p + "attention.self." + name]
             hf_linear(ours, sd, o + "attn.pos_proj", p + "attention.self.pos_proj", bias=False)
             hf_linear(ours, sd, o + "attn.pos_q_proj", p + "attention.self.pos_q_proj")
-            hf_linear(ours, sd, o + "attn.c_proj", p + "attention.output.dense")
-            hf_linear(ours, sd, o + "ln_1", p + "attention.output.LayerNorm")
-            hf_linear(ours, sd, o + "mlp.c_fc", p + "intermediate.dense")
-            hf_linear(ours, sd, o + "mlp.c_proj", p + "output.dense")
-            hf_linear(ours, sd, o + "ln_2", p + "output.LayerNorm")
+            hf_post_ln_layer(ours, sd, o, p)
         head = "cls.predictions." if hc.legacy else "lm_predictions.lm_head."
-        hf_linear(ours, sd, "mlm_dense", head + ("transform.dense" if hc.legacy else "dense"))
-        hf_linear(ours, sd, "mlm_ln", head + ("transform.LayerNorm" if hc.legacy else "LayerNorm"))
-        ours["mlm_bias"] = sd[head + "bias"]
+        hf_mlm_head(ours, sd, head + ("transform.dense" if hc.legacy else "dense"),
+                    head + ("transform.LayerNorm" if hc.legacy else "LayerNorm"), head + "bias")
         return cls(config).finish_import(ours, block_size)

@@ -66,6 +66,36 @@ def hf_linear(ours, sd, dst, src, bias=True):
         ours[dst + ".bias"] = sd[src + ".bias"]
 
 
+def hf_embeddings(ours, sd, e):
+    """HF word, position and token-type tables and the embedding LayerNorm under prefix e (BERT, ALBERT)."""
+    for dst, src in (("wte", "word_embeddings"), ("wpe", "position_embeddings"), ("wtt", "token_type_embeddings")):
+        ours[f"transformer.{dst}.weight"] = sd[e + src + ".weight"]
+    hf_linear(ours, sd, "transformer.ln_emb", e + "LayerNorm")
+
+
+def hf_fused_qkv(ours, sd, o, p):
+    """HF's separate query, key and value Linears under p (BERT, ALBERT) as block o's fused c_attn."""
+    for part in ("weight", "bias"):
+        ours[o + "attn.c_attn." + part] = torch.cat([sd[p + f"{n}.{part}"] for n in ("query", "key", "value")])
+
+
+BERT_LAYER = ("attention.output.dense", "attention.output.LayerNorm", "intermediate.dense", "output.dense",
+              "output.LayerNorm")  # HF names of attn.c_proj, ln_1, mlp.c_fc, mlp.c_proj, ln_2 in BERT and DeBERTa
+
+
+def hf_post_ln_layer(ours, sd, o, p, names=BERT_LAYER):
+    """An HF post-LN layer's attention output, FFN and two LayerNorms (under p) onto block o."""
+    for dst, src in zip(("attn.c_proj", "ln_1", "mlp.c_fc", "mlp.c_proj", "ln_2"), names, strict=True):
+        hf_linear(ours, sd, o + dst, p + src)
+
+
+def hf_mlm_head(ours, sd, dense, norm, bias):
+    """The MLM transform (dense, LayerNorm) and output bias; the decoder weight is tied to wte."""
+    hf_linear(ours, sd, "mlm_dense", dense)
+    hf_linear(ours, sd, "mlm_ln", norm)
+    ours["mlm_bias"] = sd[bias]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 @dataclass
