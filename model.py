@@ -406,10 +406,13 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
 
+    scale_residual_init = True  # GPT-2's 1/sqrt(2 * n_layer) on residual projections; post-LN / lecture models: False
+
     def _init_weights(self, module):
         # GPT-2 init: N(0, 0.02), zero biases; residual projections scaled by 1/sqrt(2 * n_layer)
         if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(module, "residual_scaled_init", False) else 0.02
+            scaled = self.scale_residual_init and getattr(module, "residual_scaled_init", False)
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if scaled else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

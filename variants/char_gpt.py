@@ -24,18 +24,12 @@ class CharGPTConfig(GPTConfig):
 @register("char_gpt")
 class CharGPT(GPT):
     config_class = CharGPTConfig
+    scale_residual_init = False  # the lecture's init: N(0, 0.02) everywhere, zero biases
 
     def __init__(self, config):
         super().__init__(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)  # untied, with bias
         self._init_weights(self.lm_head)
-
-    def _init_weights(self, module):
-        # the lecture's init: N(0, 0.02) for Linear and Embedding, zero biases, no residual-projection scaling
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
 
     def make_attention(self, layer_idx):
         attn = CausalSelfAttention(self.config, layer_idx)

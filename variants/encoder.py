@@ -175,6 +175,7 @@ class Encoder(GPT):
     """Base of the encoders: embeddings, post-LN stack, MLM and pair heads, batch construction, metrics, fill-mask."""
     config_class = EncoderConfig
     is_causal = False
+    scale_residual_init = False  # BERT init: N(0, 0.02) everywhere, zero biases (post-LN: no residual scaling)
     input_positions = True  # absolute positions added at the input (DeBERTa: False)
 
     def __init__(self, config):
@@ -203,13 +204,6 @@ class Encoder(GPT):
             new += [self.pooler, self.pair_head]
         for module in new:
             self._init_weights(module)
-
-    def _init_weights(self, module):
-        # BERT init: N(0, 0.02) everywhere, zero biases (no GPT-2 residual scaling in a post-LN stack)
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
 
     # structure hooks --------------------------------------------------------------------------------------------
     def make_attention(self, layer_idx):
