@@ -22,6 +22,30 @@ def assert_same_outputs_and_grads(a, b, atol=1e-5, rtol=1e-4):
         torch.testing.assert_close(x, y, atol=atol, rtol=rtol)
 
 
+def embedding_grad(model, t, pick=None, **inputs):
+    """|d logits[:, t] / d token embeddings| per input position (max over batch and channels), from model(**inputs);
+    pick selects the logits of a model that returns several (an encoder's "mlm")."""
+    grabbed = {}
+
+    def keep(module, args, output):
+        output.retain_grad()
+        grabbed["emb"] = output
+
+    handle = model.transformer.wte.register_forward_hook(keep)
+    try:
+        logits, _ = model(**inputs)
+    finally:
+        handle.remove()
+    (logits if pick is None else logits[pick])[:, t].pow(2).sum().backward()
+    return grabbed["emb"].grad.abs().amax(dim=(0, 2))
+
+
+def future_gradient(model, idx, t):
+    """Max |d logits[:, t] / d token embedding| over tokens after t, and over tokens up to t."""
+    g = embedding_grad(model, t, idx=idx)
+    return g[t + 1:].max().item(), g[:t + 1].max().item()
+
+
 @pytest.fixture
 def sdpa_calls(monkeypatch):
     """(q shape, k shape) of every F.scaled_dot_product_attention call made while the test runs."""

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import model as model_module
 from adaptive_attention_span import AdaptiveSpanConfig, AdaptiveSpanGPT, TriangleWave
 from model import sdpa_attention
-from tests.conftest import run
+from tests.conftest import future_gradient, run
 
 # reach = ceil(10 + 4) = 14, rounded up to 16
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=50, dropout=0.0, softness_span_mask=4.0,
@@ -25,17 +25,6 @@ def tiny(**kw):
         for attn in model.span_attentions():
             attn.span_params.add_(torch.linspace(-0.3, 0.3, attn.n_head))
     return model
-
-
-def future_gradient(model, idx, t):
-    """Max |d logits[:, t] / d token embedding| over tokens after t, and over tokens up to t."""
-    grabbed = {}
-    handle = model.transformer.wte.register_forward_hook(lambda m, i, out: grabbed.setdefault("emb", out).retain_grad())
-    logits, _ = model(idx)
-    handle.remove()
-    logits[:, t].pow(2).sum().backward()
-    g = grabbed["emb"].grad.abs()
-    return g[:, t + 1:].max().item(), g[:, :t + 1].max().item()
 
 
 def set_wave(wave, period, ratio):

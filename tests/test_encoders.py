@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
+from conftest import embedding_grad
 import variants  # noqa: F401
 from model import get_variant
 from variants.deberta import Deberta, DebertaConfig
@@ -123,18 +124,8 @@ def test_deberta_emd_is_the_paper_decoder():
 def test_bidirectional_by_gradients(name, impl):
     model = tiny(name, attn_impl=impl)
     idx = torch.randint(0, 60, (2, 12))
-    emb = {}
-
-    def keep(module, inputs, output):
-        output.retain_grad()
-        emb["x"] = output
-
-    handle = model.transformer.wte.register_forward_hook(keep)
-    logits, _ = model(idx)
-    handle.remove()
-    logits["mlm"][:, 3].pow(2).sum().backward()
-    g = emb["x"].grad.abs()
-    assert g[:, 4:].amax() > 0 and g[:, :3].amax() > 0  # position 3 sees later and earlier tokens
+    g = embedding_grad(model, 3, pick="mlm", idx=idx)
+    assert g[4:].amax() > 0 and g[:3].amax() > 0  # position 3 sees later and earlier tokens
 
 
 @pytest.mark.parametrize("name", ENCODERS)

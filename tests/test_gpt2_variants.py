@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
 import variants  # noqa: F401
-from conftest import run
+from conftest import embedding_grad, run
 from model import get_variant
 from variants import duo_predict as duo
 from variants.rotating_head import gp_frequencies
@@ -31,21 +31,6 @@ def build(name, seed=0, **kw):
     return cls(cls.config_class(**{**TINY, **kw}))
 
 
-def emb_grad(model, logit_index, **inputs):
-    """|d logits[:, logit_index] / d token embeddings| per input position (max over batch and channels)."""
-    grabbed = {}
-
-    def keep(module, args, output):
-        output.retain_grad()
-        grabbed["emb"] = output
-
-    handle = model.transformer.wte.register_forward_hook(keep)
-    logits, _ = model(**inputs)
-    handle.remove()
-    logits[:, logit_index].pow(2).sum().backward()
-    return grabbed["emb"].grad.abs().amax(dim=(0, 2))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # every causal variant: causality, fast == dense with gradients, cached generation, save/load
 
@@ -55,7 +40,7 @@ def test_causal_by_gradients(name, kw, impl):
     idx = torch.randint(0, V, (2, 12))
     model = build(name, attn_impl=impl, **kw).eval()  # eval: diffusion noise off
     for t in (0, 5, 10):
-        g = emb_grad(model, t, idx=idx)
+        g = embedding_grad(model, t, idx=idx)
         assert g[t + 1:].max() == 0.0
         assert g[:t + 1].min() > 0.0
 
@@ -343,17 +328,17 @@ def test_duo_code_mask_causality_and_readme_leak():
     for impl in ("sdpa", "dense"):
         for k in (0, 2, 5):
             model = build("duo_predict", attn_impl=impl)
-            g = emb_grad(model, 2 * k, **model.prepare_batch(idx, idx))
+            g = embedding_grad(model, 2 * k, **model.prepare_batch(idx, idx))
             assert g[2 * k + 1:].sum() == 0 and g[1::2].sum() == 0  # original t_k: no future, no mask
             assert g[0:2 * k + 1:2].min() > 0
         for k in (0, 3):  # the mask after t_k: only t_<k, itself and t_{k+1} (directly or through depth)
             model = build("duo_predict", attn_impl=impl)
-            g = emb_grad(model, 2 * k + 1, **model.prepare_batch(idx, idx))
+            g = embedding_grad(model, 2 * k + 1, **model.prepare_batch(idx, idx))
             assert g[2 * k + 3:].sum() == 0 and g[2 * k + 2] > 0 and g[2 * k + 1] > 0
     # the seed README pattern is NOT causal: original t_0 already depends on t_1 (via the mask) at two layers
     with pytest.warns(UserWarning, match="leak"):
         model = build("duo_predict", duo_mask_variant="readme")
-    g = emb_grad(model, 0, **model.prepare_batch(idx, idx))
+    g = embedding_grad(model, 0, **model.prepare_batch(idx, idx))
     assert g[2] > 0, "expected the readme pattern to leak the next original token"
 
 
@@ -363,7 +348,7 @@ def test_duo_mask_stream_sees_its_hidden_token_through_depth():
     idx = torch.randint(0, V - 1, (1, 6))
     for n_layer, leaks in ((1, False), (2, True)):
         model = build("duo_predict", n_layer=n_layer)
-        g = emb_grad(model, 2 * 2 + 1, **model.prepare_batch(idx, idx))
+        g = embedding_grad(model, 2 * 2 + 1, **model.prepare_batch(idx, idx))
         assert (g[2 * 2] > 0) == leaks
 
 

@@ -7,9 +7,8 @@ import torch
 
 import checkpoint
 import variants  # noqa: F401
-from conftest import assert_same_outputs_and_grads, run
+from conftest import assert_same_outputs_and_grads, embedding_grad, future_gradient, run
 from model import AttnMask, dense_attention
-from test_model import future_gradient
 from model import RollingKVCache, banded_attention
 from variants.layerwise_window import LayerwiseConfig, LayerwiseGPT, layer_windows, windowed_kernel, write_schedule_file
 
@@ -142,18 +141,7 @@ def test_causal_and_window_limited_by_gradients(impl):
         future, past = future_gradient(model, idx, t)
         assert future == 0.0 and past > 0.0
     # receptive field of stacked windows: sum(w - 1) = 5 tokens back; nothing older may matter
-    grabbed = {}
-
-    def keep(module, inputs, output):
-        output.retain_grad()
-        grabbed["e"] = output
-
-    h = model.transformer.wte.register_forward_hook(keep)
-    model.zero_grad()
-    logits, _ = model(idx)
-    h.remove()
-    logits[:, 30].pow(2).sum().backward()
-    g = grabbed["e"].grad.abs().amax(dim=(0, 2))
+    g = embedding_grad(model, 30, idx=idx)
     assert g[:25].max() == 0.0 and g[25] > 0 and g[30] > 0
 
 

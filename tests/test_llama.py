@@ -7,9 +7,8 @@ import torch
 import checkpoint
 import configurator
 import variants  # noqa: F401
-from conftest import REPO
+from conftest import REPO, future_gradient
 from model import get_variant
-from test_model import future_gradient
 from variants.char_gpt import CharGPT, CharGPTConfig
 from variants.llama import Llama, LlamaConfig
 

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import variants  # noqa: F401
-from conftest import assert_same_outputs_and_grads
+from conftest import assert_same_outputs_and_grads, future_gradient
 from model import GPT, AttnMask, GPTConfig, dense_attention, get_variant, sdpa_attention
 
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.0)
@@ -15,22 +15,6 @@ TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropou
 def tiny(**kw):
     torch.manual_seed(0)
     return GPT(GPTConfig(**{**TINY, **kw}))
-
-
-def future_gradient(model, idx, t):
-    """Max |d logits[:, t] / d embedding of tokens after t|, and the same for tokens up to t."""
-    grabbed = {}
-
-    def keep(module, inputs, output):
-        output.retain_grad()
-        grabbed["emb"] = output
-
-    handle = model.transformer.wte.register_forward_hook(keep)
-    logits, _ = model(idx)
-    handle.remove()
-    logits[:, t].pow(2).sum().backward()
-    g = grabbed["emb"].grad.abs()
-    return g[:, t + 1:].max().item(), g[:, :t + 1].max().item()
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "dense"])
