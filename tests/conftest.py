@@ -16,10 +16,16 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def assert_same_outputs_and_grads(a, b, atol=1e-5, rtol=1e-4):
-    """a, b: (output, [gradients]) of one computation by two paths (fast kernel vs dense reference)."""
+    """a, b: (output, gradients) of one computation by two paths (fast kernel vs dense reference); gradients are a
+    list, or a {parameter name: gradient} dict whose names must agree."""
     torch.testing.assert_close(a[0], b[0], atol=atol, rtol=rtol)
-    for x, y in zip(a[1], b[1], strict=True):
-        torch.testing.assert_close(x, y, atol=atol, rtol=rtol)
+    if isinstance(a[1], dict):
+        assert a[1].keys() == b[1].keys()
+        pairs = [(a[1][name], b[1][name], name) for name in a[1]]
+    else:
+        pairs = [(x, y, None) for x, y in zip(a[1], b[1], strict=True)]
+    for x, y, name in pairs:
+        torch.testing.assert_close(x, y, atol=atol, rtol=rtol, msg=name)
 
 
 def embedding_grad(model, t, pick=None, **inputs):

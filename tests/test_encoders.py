@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
-from conftest import embedding_grad
+from conftest import assert_same_outputs_and_grads, embedding_grad
 import variants  # noqa: F401
 from model import get_variant
 from variants.deberta import Deberta, DebertaConfig
@@ -140,10 +140,7 @@ def test_sdpa_and_dense_paths_agree_with_gradients(name):
         logits, loss = model(**batch, attention_mask=attn)
         loss.backward()
         outs.append((logits["mlm"], {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
-    assert outs[0][1].keys() == outs[1][1].keys()
-    for n, g in outs[0][1].items():
-        torch.testing.assert_close(g, outs[1][1][n], atol=1e-5, rtol=1e-4, msg=n)
+    assert_same_outputs_and_grads(*outs)
 
 
 @pytest.mark.parametrize("name", ["bert", "albert"])

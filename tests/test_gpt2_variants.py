@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
 import variants  # noqa: F401
-from conftest import embedding_grad, run
+from conftest import assert_same_outputs_and_grads, embedding_grad, run
 from model import get_variant
 from variants import duo_predict as duo
 from variants.rotating_head import gp_frequencies
@@ -54,9 +54,7 @@ def test_fast_and_dense_paths_agree_with_gradients(name, kw):
         logits, loss = model(idx, tgt)
         loss.backward()
         outs.append((logits, {n: p.grad for n, p in model.named_parameters()}))
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
-    for n in outs[0][1]:
-        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], atol=1e-5, rtol=1e-4, msg=n)
+    assert_same_outputs_and_grads(*outs)
 
 
 @pytest.mark.parametrize("name,kw", CAUSAL_SETUPS)
@@ -178,9 +176,7 @@ def test_parallel_batched_pair_equals_sequential_with_gradients():
         logits, loss = model(idx, tgt)
         loss.backward()
         outs.append((logits, {n: p.grad for n, p in model.named_parameters()}))
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
-    for n in outs[0][1]:
-        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], atol=1e-5, rtol=1e-4, msg=n)
+    assert_same_outputs_and_grads(*outs)
 
 
 def test_parallel_flops_count_the_shared_bottleneck_per_stage():
@@ -286,9 +282,7 @@ def test_duo_fast_path_equals_dense_with_gradients(N, block):
         logits, loss = model(**batch)
         loss.backward()
         outs.append((logits, {n: p.grad for n, p in model.named_parameters()}))
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
-    for n in outs[0][1]:
-        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], atol=1e-5, rtol=1e-4, msg=n)
+    assert_same_outputs_and_grads(*outs)
 
 
 def test_duo_kernel_swap_keeps_the_duo_pattern():

@@ -128,9 +128,7 @@ def test_fast_and_dense_model_paths_agree_with_gradients(schedule):
         logits, loss = model(idx, tgt)
         loss.backward()
         outs.append((logits, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
-    for name in outs[0][1]:
-        torch.testing.assert_close(outs[0][1][name], outs[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_outputs_and_grads(*outs)
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "dense"])

@@ -7,7 +7,7 @@ import torch
 import checkpoint
 import configurator
 import variants  # noqa: F401
-from conftest import REPO, future_gradient
+from conftest import REPO, assert_same_outputs_and_grads, future_gradient
 from model import get_variant
 from variants.char_gpt import CharGPT, CharGPTConfig
 from variants.llama import Llama, LlamaConfig
@@ -59,9 +59,7 @@ def test_sdpa_and_dense_paths_agree_with_gradients():
         logits, loss = model(idx, tgt)
         loss.backward()
         outs.append((logits, {n: p.grad for n, p in model.named_parameters()}))
-    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
-    for name, g in outs[0][1].items():
-        torch.testing.assert_close(g, outs[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_outputs_and_grads(*outs)
 
 
 def test_gqa_cache_holds_kv_heads_and_uses_absolute_rotary_offsets():
