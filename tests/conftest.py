@@ -28,6 +28,13 @@ def assert_same_outputs_and_grads(a, b, atol=1e-5, rtol=1e-4):
         torch.testing.assert_close(x, y, atol=atol, rtol=rtol, msg=name)
 
 
+def assert_cached_greedy_equals_uncached(model, idx, new):
+    """Greedy generate() with the KV cache gives exactly the tokens of nanoGPT-style uncached decoding."""
+    cached = model.generate(idx, new, temperature=0, use_cache=True)
+    assert cached.shape == (idx.size(0), idx.size(1) + new)
+    assert torch.equal(cached, model.generate(idx, new, temperature=0, use_cache=False))
+
+
 def embedding_grad(model, t, pick=None, **inputs):
     """|d logits[:, t] / d token embeddings| per input position (max over batch and channels), from model(**inputs);
     pick selects the logits of a model that returns several (an encoder's "mlm")."""

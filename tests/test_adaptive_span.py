@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import model as model_module
 from adaptive_attention_span import AdaptiveSpanConfig, AdaptiveSpanGPT, TriangleWave
 from model import sdpa_attention
-from tests.conftest import assert_same_outputs_and_grads, future_gradient, run
+from tests.conftest import assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, future_gradient, run
 
 # reach = ceil(10 + 4) = 14, rounded up to 16
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, vocab_size=50, dropout=0.0, softness_span_mask=4.0,
@@ -166,9 +166,7 @@ def test_keys_beyond_the_reach_are_never_computed():
 def test_cached_greedy_equals_uncached_with_a_rolling_cache(periodic, prompt_len, new):
     model = tiny(use_triangle_wave_masking=periodic).eval()
     idx = torch.randint(0, 50, (2, prompt_len))
-    a = model.generate(idx, new, temperature=0, use_cache=True)
-    b = model.generate(idx, new, temperature=0, use_cache=False)
-    assert torch.equal(a, b)
+    assert_cached_greedy_equals_uncached(model, idx, new)
     caches = model.make_caches(2, "cpu", torch.float32)
     model(torch.randint(0, 50, (2, 40)), caches=caches)
     assert all(c.k.size(-2) == blk.attn.reach() - 1 < 40 for c, blk in zip(caches, model.transformer.h))

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
 import variants  # noqa: F401
-from conftest import assert_same_outputs_and_grads, embedding_grad, run
+from conftest import assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, embedding_grad, run
 from model import get_variant
 from variants import duo_predict as duo
 from variants.rotating_head import gp_frequencies
@@ -61,9 +61,7 @@ def test_fast_and_dense_paths_agree_with_gradients(name, kw):
 def test_cached_greedy_equals_uncached(name, kw, prompt_len=4, new=11):  # outgrows block_size: crop + recompute
     model = build(name, **kw).eval()
     idx = torch.randint(0, V - 1, (2, prompt_len))
-    a = model.generate(idx, new, temperature=0, use_cache=True)
-    b = model.generate(idx, new, temperature=0, use_cache=False)
-    assert a.shape == (2, prompt_len + new) and torch.equal(a, b)
+    assert_cached_greedy_equals_uncached(model, idx, new)
 
 
 @pytest.mark.parametrize("name,kw", CAUSAL_SETUPS)

@@ -7,7 +7,8 @@ import torch
 
 import checkpoint
 import variants  # noqa: F401
-from conftest import assert_same_outputs_and_grads, embedding_grad, future_gradient, run
+from conftest import (
+    assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, embedding_grad, future_gradient, run)
 from model import AttnMask, dense_attention
 from model import RollingKVCache, banded_attention
 from variants.layerwise_window import LayerwiseConfig, LayerwiseGPT, layer_windows, windowed_kernel, write_schedule_file
@@ -158,10 +159,7 @@ def test_flops_count_only_the_window():
 def test_rolling_cache_greedy_equals_uncached(prompt_len, new):
     model = tiny(windows=[4, 0, 2, 1]).eval()
     idx = torch.randint(0, 37, (2, prompt_len))
-    a = model.generate(idx, new, temperature=0, use_cache=True)
-    b = model.generate(idx, new, temperature=0, use_cache=False)
-    assert a.shape == (2, prompt_len + new)
-    assert torch.equal(a, b)
+    assert_cached_greedy_equals_uncached(model, idx, new)
 
 
 def test_rolling_cache_keeps_only_the_window_and_matches_full_forward():

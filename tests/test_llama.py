@@ -7,7 +7,7 @@ import torch
 import checkpoint
 import configurator
 import variants  # noqa: F401
-from conftest import REPO, assert_same_outputs_and_grads, future_gradient
+from conftest import REPO, assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, future_gradient
 from model import get_variant
 from variants.char_gpt import CharGPT, CharGPTConfig
 from variants.llama import Llama, LlamaConfig
@@ -78,8 +78,7 @@ def test_gqa_cache_holds_kv_heads_and_uses_absolute_rotary_offsets():
 def test_cached_greedy_equals_uncached(prompt_len, new):
     model = tiny().eval()
     idx = torch.randint(0, 50, (2, prompt_len))
-    assert torch.equal(model.generate(idx, new, temperature=0), model.generate(idx, new, temperature=0,
-                                                                               use_cache=False))
+    assert_cached_greedy_equals_uncached(model, idx, new)
 
 
 def test_structure_follows_the_paper():

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import variants  # noqa: F401
-from conftest import assert_same_outputs_and_grads, future_gradient
+from conftest import assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, future_gradient
 from model import GPT, AttnMask, GPTConfig, dense_attention, get_variant, sdpa_attention
 
 TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=50, dropout=0.0)
@@ -67,10 +67,7 @@ def test_window_mask_semantics():
 def test_cached_greedy_equals_uncached(prompt_len, new):
     model = tiny().eval()
     idx = torch.randint(0, 50, (2, prompt_len))
-    a = model.generate(idx, new, temperature=0, use_cache=True)
-    b = model.generate(idx, new, temperature=0, use_cache=False)
-    assert a.shape == (2, prompt_len + new)
-    assert torch.equal(a, b)
+    assert_cached_greedy_equals_uncached(model, idx, new)
 
 
 def test_cached_logits_match_full_forward():
