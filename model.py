@@ -207,19 +207,16 @@ def banded_attention(q, k, v, mask, reach, block, dropout_p=0.0, scale=None):
     dist = torch.arange(b, device=q.device)[:, None] + (W - 1) - torch.arange(K, device=q.device)[None, :]
     key_pos = torch.arange(nb, device=q.device)[:, None] * b - (W - 1) + torch.arange(K, device=q.device)
     keep = ((dist >= 0) & (dist < W))[None] & (key_pos >= 0)[:, None, :]  # (nb, b, K)
-    if by_head:
-        tile = mask.distance_bias[:, dist.clamp(0, mask.distance_bias.size(-1) - 1)].to(q.dtype)  # (H, b, K)
-        attn_mask = (tile[:, None] + torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf")))
-        attn_mask = attn_mask.reshape(1, H * nb, b, K)
-    else:
-        attn_mask = keep[None, :, None].expand(B, nb, 1, b, K).reshape(B * nb, 1, b, K)
+    q_blocks, k_blocks, v_blocks = fold(F.pad(q, (0, 0, 0, pad)).view(B, H, nb, b, hd), b), gather(k), gather(v)
     if by_head:  # a learnable bias: plain matmuls (SDPA's math path would scale k too and add passes)
-        q_blocks = fold(F.pad(q * (hd ** -0.5 if scale is None else scale), (0, 0, 0, pad)).view(B, H, nb, b, hd), b)
-        probs = torch.softmax(q_blocks @ gather(k).transpose(-1, -2) + attn_mask, dim=-1)
+        tile = mask.distance_bias[:, dist.clamp(0, mask.distance_bias.size(-1) - 1)].to(q.dtype)  # (H, b, K)
+        bias = (tile[:, None] + torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf")))
+        scores = (q_blocks * (hd ** -0.5 if scale is None else scale)) @ k_blocks.transpose(-1, -2)
+        probs = torch.softmax(scores + bias.reshape(1, H * nb, b, K), dim=-1)
         probs = F.dropout(probs, dropout_p) if dropout_p else probs
-        return (probs @ gather(v)).view(B, H, nb * b, hd)[:, :, :T]
-    y = F.scaled_dot_product_attention(fold(F.pad(q, (0, 0, 0, pad)).view(B, H, nb, b, hd), b), gather(k), gather(v),
-                                       attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+        return (probs @ v_blocks).view(B, H, nb * b, hd)[:, :, :T]
+    y = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, dropout_p=dropout_p, scale=scale,
+                                       attn_mask=keep[None, :, None].expand(B, nb, 1, b, K).reshape(B * nb, 1, b, K))
     return y.view(B, nb, H, b, hd).transpose(1, 2).reshape(B, H, nb * b, hd)[:, :, :T]
 
 
