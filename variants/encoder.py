@@ -251,9 +251,10 @@ class Encoder(GPT):
     def flops_per_token(self, T, training=False):
         """Plus the MLM decoder (an F.linear on the tied word embeddings, not an nn.Linear); in training the MLM
         head runs on the masked positions only, about mlm_prob of them."""
-        f = super().flops_per_token(T)
+        f = super().flops_per_token(T)  # has mlm_dense at one call per token
         head = 2 * self.mlm_dense.weight.numel() + 2 * self.transformer.wte.weight.numel()
-        f["matmul"] += head * ((self.config.mlm_prob if training else 1) - 1) + 2 * self.transformer.wte.weight.numel()
+        share = self.config.mlm_prob if training else 1.0  # of the positions, those the MLM head runs on
+        f["matmul"] += share * head - 2 * self.mlm_dense.weight.numel()
         f["total"] = f["matmul"] + f["attention"]
         return f
 
