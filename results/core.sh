@@ -22,3 +22,6 @@ python bench.py --modes=eager,compile --n_layer=6 --n_head=6 --n_embd=384 --bloc
 # 3. every registered variant at one shared small shape, interleaved repetitions
 python bench.py --variants=all --n_layer=4 --n_head=4 --n_embd=128 --block_size=256 --batch_size=8 \
   --vocab_size=512 --gen_tokens=100 --out_dir="$OUT/bench_all"
+
+# 4. where the step's time goes (explains the MFU) and batch-1 decoding cost per token
+python results/core_profile.py
