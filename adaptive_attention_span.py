@@ -8,12 +8,12 @@ distances periodically. Attention is softmax(s + log m_span + log m_tri): the po
 the paper written as an additive log-mask, -inf where a mask is <= 1e-6.
 
 Both masks depend on the distance only, so a layer's whole mask is an (H, D) table (AttnMask.distance_bias), where D,
-the layer's reach, is max_h z_h + R rounded up to 16 keys. model.py's blocked SDPA path then never computes
+the layer's reach, is max_h z_h + R rounded up to 16 keys. attention.py's banded path then never computes
 keys further than D, the dense reference gives the same numbers (tests check outputs and gradients, d/du and
 d/dperiod included), and generation keeps only the last D - 1 keys per layer (RollingKVCache).
 
-use_adaptive_attention=False is the seed's baseline: plain causal attention, with the same extra per-block position
-embeddings (SPEC §2.1), so the three recipes (baseline, span only, span + periodic) differ only in the masks.
+use_adaptive_attention=False is the baseline of this family: plain causal attention, with the same extra per-block
+position embeddings (SPEC §2.1), so the three recipes (baseline, span only, span + periodic) differ only in the masks.
 """
 import math
 from dataclasses import dataclass
@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from model import GPT, AttnMask, Block, CausalSelfAttention, GPTConfig, KVCache, MLP, RollingKVCache, executed_entries, register
+from attention import AttnMask, RollingKVCache, executed_entries
+from model import GPT, Block, CausalSelfAttention, GPTConfig
+from variants.registry import register
 
 MASK_FLOOR = 1e-6  # mask values at or below this are -inf (SPEC §2.4)
 REACH_QUANTUM = 16  # the reach is rounded up to 16 keys (or the query block, if smaller): shapes (and torch.compile
@@ -140,7 +142,7 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         quantum = min(REACH_QUANTUM, self.block)
         return -(-r // quantum) * quantum
 
-    def mask(self, Tq, Tk, q_offset):
+    def mask(self, Tq, Tk, q_offset, given=None):
         if torch.is_grad_enabled():
             reach, table = self.reach(), self.log_mask
         else:  # eval and decoding: reuse the mask until a parameter changes (in-place updates bump _version)
@@ -151,6 +153,9 @@ class AdaptiveSpanAttention(CausalSelfAttention):
             table = lambda D: tables[D] if D in tables else tables.setdefault(D, self.log_mask(D))
         D = min(reach, q_offset + Tq)  # never longer than the largest distance present
         return AttnMask(causal=True, q_offset=q_offset, distance_bias=table(D), block=self.block)
+
+    def make_cache(self, batch_size, device, dtype):
+        return RollingKVCache(self.reach() - 1)  # the next query reaches back reach-1 keys at most
 
     def mask_parameters(self):
         return [self.span_params] + ([] if self.wave is None else [self.wave.period_w, self.wave.ratio_w])
@@ -184,51 +189,37 @@ class AdaptiveSpanAttention(CausalSelfAttention):
 class AdaptiveBlock(Block):
     """Pre-LN block that first adds its own learned position embedding (SPEC §2.1, every block but the first)."""
 
-    def __init__(self, config, attn, mlp):
-        super().__init__(config, attn, mlp)
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+    def __init__(self, config, layer_idx, *parts):
+        super().__init__(config, layer_idx, *parts)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) if config.block_pos_emb and layer_idx else None
 
     def forward(self, x, pos, cache=None, mask=None):
-        return super().forward(x + self.pos_emb(pos), pos, cache, mask)
+        return super().forward(x if self.pos_emb is None else x + self.pos_emb(pos), pos, cache, mask)
+
+
+def span_or_plain_attention(config, layer_idx):
+    cls = AdaptiveSpanAttention if config.use_adaptive_attention else CausalSelfAttention
+    return cls(config, layer_idx)
 
 
 @register("adaptive_span")
 class AdaptiveSpanGPT(GPT):
     config_class = AdaptiveSpanConfig
-
-    def make_attention(self, layer_idx):
-        if self.config.use_adaptive_attention:
-            return AdaptiveSpanAttention(self.config, layer_idx)
-        return CausalSelfAttention(self.config, layer_idx)
-
-    def make_block(self, layer_idx):
-        cls = AdaptiveBlock if self.config.block_pos_emb and layer_idx > 0 else Block
-        return cls(self.config, self.make_attention(layer_idx), MLP(self.config))
+    Attention = staticmethod(span_or_plain_attention)
+    Block = AdaptiveBlock
 
     def span_attentions(self):
         return [m for m in self.modules() if isinstance(m, AdaptiveSpanAttention)]
 
     def span_loss(self):
-        """span_reg * sum over layers of the per-layer span loss (SPEC §2.5)."""
+        """span_reg * sum over layers of the per-layer span loss (SPEC §2.5), added to the objective's in training."""
         layers = self.span_attentions()
         if not layers or self.config.span_reg == 0:
             return None
         return self.config.span_reg * sum(m.span_loss() for m in layers)
 
-    def compute_loss(self, logits, targets, **batch):
-        loss = super().compute_loss(logits, targets, **batch)
-        extra = self.span_loss() if self.training else None
-        return loss if extra is None else loss + extra
-
-    def make_caches(self, batch_size, device, dtype):
-        c, hd = self.config, self.config.n_embd // self.config.n_head
-        caches = []
-        for block in self.transformer.h:
-            if isinstance(block.attn, AdaptiveSpanAttention):  # the next query reaches back reach-1 keys at most
-                caches.append(RollingKVCache(block.attn.reach() - 1))
-            else:
-                caches.append(KVCache(batch_size, c.n_head, c.block_size, hd, device, dtype))
-        return caches
+    def aux_loss(self):
+        return self.span_loss()
 
     # reporting ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -277,25 +268,25 @@ class AdaptiveSpanGPT(GPT):
             out["attn_flop_fraction_executed"] = report["executed_fraction"]
         return out
 
-    def save_artifacts(self, out_dir):
-        layers = self.span_attentions()
-        if not layers:
-            return
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        with torch.no_grad():
-            spans = torch.stack([m.spans() for m in layers]).cpu()
-            periods = None if layers[0].wave is None else torch.stack([m.wave.period() for m in layers]).cpu()
-        ncols = 1 if periods is None else 2
-        fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
-        for ax, values, title in zip(axes[0], (spans, periods), ("span z (tokens)", "period p")):
-            image = ax.imshow(values.numpy(), aspect="auto", cmap="viridis")
-            ax.set(title=f"{title} per head", xlabel="head", ylabel="layer",
-                   xticks=range(values.size(1)), yticks=range(values.size(0)))
-            fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        path = Path(out_dir) / "adaptive_span_heads.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        print(f"wrote {path}")
+def plot_spans(model, path):
+    """Heatmaps of the learned span (and period) of every head in every layer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    layers = model.span_attentions()
+    if not layers:
+        raise ValueError("the model has no adaptive-span layers (use_adaptive_attention=False)")
+    with torch.no_grad():
+        spans = torch.stack([m.spans() for m in layers]).cpu()
+        periods = None if layers[0].wave is None else torch.stack([m.wave.period() for m in layers]).cpu()
+    ncols = 1 if periods is None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
+    for ax, values, title in zip(axes[0], (spans, periods), ("span z (tokens)", "period p")):
+        image = ax.imshow(values.numpy(), aspect="auto", cmap="viridis")
+        ax.set(title=f"{title} per head", xlabel="head", ylabel="layer",
+               xticks=range(values.size(1)), yticks=range(values.size(0)))
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+

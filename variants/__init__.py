@@ -1,14 +1,11 @@
 """Importing this package registers every variant: each module in variants/ plus the top-level
-adaptive_attention_span.py. Entry points import it, then look a variant up by name (model.get_variant)."""
+adaptive_attention_span.py. Entry points import it and look a variant up by name: variants.get("llama")."""
 import importlib
 import pkgutil
 
-import model  # noqa: F401  (registers the baseline "gpt")
+from variants.registry import VARIANTS, Variant, get, names, register  # noqa: F401
 
 for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
-try:
-    importlib.import_module("adaptive_attention_span")
-except ModuleNotFoundError as e:
-    if e.name != "adaptive_attention_span":
-        raise
+    if _info.name != "registry":
+        importlib.import_module(f"{__name__}.{_info.name}")
+importlib.import_module("adaptive_attention_span")

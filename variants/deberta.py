@@ -10,7 +10,8 @@ No absolute positions at the input. Pre-training is MLM only, through the Enhanc
 I = absolute position embedding + H_{L-1} (the second-to-last layer's output, which is also K and V) goes through the
 last layer twice (shared weights), and that output feeds the MLM head. transformers' DebertaForMaskedLM has no EMD,
 so the parity test turns it off (emd=False) and a separate test checks EMD against a hand computation.
-The two relative terms enter the fused kernels as an additive score bias (AttnMask.bias, differentiable)."""
+The two relative terms enter the fused kernels as an additive score bias (AttnMask.bias, differentiable).
+The model is variants/encoder.py's; the objective objectives.MaskedLM (MLM only)."""
 import math
 from dataclasses import dataclass
 
@@ -18,9 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import AttnMask, hf_activation, register
-from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock, hf_linear, \
-    hf_mlm_head, hf_overrides, hf_post_ln_layer
+import hf_import
+from attention import AttnMask
+from objectives import MaskedLM
+from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock
+from variants.registry import register
 
 
 @dataclass
@@ -49,10 +52,11 @@ class RelMask(AttnMask):
 
 
 class DisentangledSelfAttention(BidirectionalSelfAttention):
+    qkv_bias = False  # [q; k; v] without bias; q and v get their own biases below
+
     def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx)
         H = config.n_embd
-        self.c_attn = nn.Linear(H, 3 * H, bias=False)  # [q; k; v]
         self.q_bias = nn.Parameter(torch.zeros(H))
         self.v_bias = nn.Parameter(torch.zeros(H))
         self.pos_proj = nn.Linear(H, H, bias=False)  # W_{k,r}
@@ -72,37 +76,31 @@ class DisentangledSelfAttention(BidirectionalSelfAttention):
         p2c = torch.gather(k @ q_r.transpose(-1, -2), -1, delta.t().expand(*k.shape[:2], Tk, Tq)).transpose(-1, -2)
         return (c2p + p2c) * scale
 
-    def qkv(self, x, query=None):
+    def project(self, x, query=None):
+        """Content q, k, v (B, h, T, d); with query (the EMD), queries come from other states, same weights."""
         H = self.n_embd
         if query is None:
             q, k, v = self.c_attn(x).split(H, dim=2)
-        else:  # EMD: queries from other states than keys/values, same weights
+        else:
             w = self.c_attn.weight
             q, (k, v) = F.linear(query, w[:H]), F.linear(x, w[H:]).split(H, dim=2)
         return self.split_heads(q + self.q_bias), self.split_heads(k), self.split_heads(v + self.v_bias)
 
     def forward(self, x, pos, cache=None, mask=None, query=None):
-        q, k, v = self.qkv(x, query)
-        mask = self.full_mask(q, k, mask)
-        y = self.kernel(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0,
-                        scale=1.0 / math.sqrt(3 * self.head_dim))
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(x.shape)))
-
-    def full_mask(self, q, k, mask):
         if mask is None or mask.rel is None:
             raise ValueError("DeBERTa attention needs the model's shared RelMask (with the relative table)")
+        q, k, v = self.project(x, query)
         bias = self.relative_bias(q, k, mask.rel)
-        return AttnMask(causal=False, bias=bias if mask.bias is None else bias + mask.bias)
+        y = self.attend(q, k, v, AttnMask(causal=False, bias=bias if mask.bias is None else bias + mask.bias))
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(x.shape)))
+
+    def attend(self, q, k, v, mask):
+        return self.kernel(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0,
+                           scale=1.0 / math.sqrt(3 * self.head_dim))
 
     def attention_flops(self, T, pairs=None):
         # plus c2p and p2c: content queries against the 2k relative keys, content keys against the 2k relative queries
-        return super().attention_flops(T, pairs) + 8 * self.n_embd * self.span * T * self.applications
-
-    def attention_weights(self, x, pos, mask=None):
-        from model import dense_attention
-        q, k, v = self.qkv(x)
-        return dense_attention(q, k, v, self.full_mask(q, k, mask), scale=1.0 / math.sqrt(3 * self.head_dim),
-                               return_weights=True)[1]
+        return super().attention_flops(T, pairs) + 8 * self.n_embd * self.span * T
 
 
 class DebertaBlock(PostLNBlock):
@@ -113,34 +111,25 @@ class DebertaBlock(PostLNBlock):
         return self.ln_2(x + self.mlp(x))
 
 
-@register("deberta")
+@register("deberta", objective=MaskedLM())
 class Deberta(Encoder):
     config_class = DebertaConfig
+    Attention = DisentangledSelfAttention
+    Block = DebertaBlock
     input_positions = False  # relative positions only; absolute ones enter only in the EMD
+    from_pretrained = classmethod(hf_import.deberta)
 
     def __init__(self, config):
         super().__init__(config)
         self.transformer.rel = nn.Embedding(2 * config.rel_span(), config.n_embd)
-        if config.emd:
-            self.transformer.h[-1].attn.applications = 2  # the EMD runs the last layer twice (and not plainly)
         self._init_weights(self.transformer.rel)
+        if config.emd:  # the absolute positions of the Enhanced Mask Decoder (never added at the input)
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+            self._init_weights(self.transformer.wpe)
 
-    def make_attention(self, layer_idx):
-        return DisentangledSelfAttention(self.config, layer_idx)
-
-    def make_block(self, layer_idx):
-        return DebertaBlock(self.config, self.make_attention(layer_idx))
-
-    def make_position_embedding(self):
-        # the absolute positions of the Enhanced Mask Decoder (never added at the input)
-        return nn.Embedding(self.config.block_size, self.config.n_embd) if self.config.emd else None
-
-    def shared_mask(self, x, attention_mask=None):
-        m = super().shared_mask(x, attention_mask)
-        return RelMask(causal=False, bias=m.bias, rel=self.transformer.rel.weight)
-
-    def run_blocks(self, x, pos, caches=None, attention_mask=None, **batch):
-        mask, blocks = self.shared_mask(x, attention_mask), self.transformer.h
+    def run_blocks(self, x, pos, mask=None):
+        mask, blocks = RelMask(causal=False, bias=None if mask is None else mask.bias,
+                               rel=self.transformer.rel.weight), self.transformer.h
         if not self.config.emd:
             for block in blocks:
                 x = block(x, pos, None, mask)
@@ -152,52 +141,3 @@ class Deberta(Encoder):
         for _ in range(2):
             query = blocks[-1](x, pos, None, mask, query=query)
         return query
-
-    def linear_calls_per_token(self, module, T):
-        for block in self.transformer.h:
-            attn = block.attn
-            # on the 2k relative rows once per application, shared by the batch: exact per token at batch 1
-            if module is attn.pos_proj or module is attn.pos_q_proj:
-                return attn.applications * 2 * attn.span / T
-            if any(module is m for m in block.modules()):
-                return attn.applications
-        return super().linear_calls_per_token(module, T)
-
-    @classmethod
-    def from_pretrained(cls, path, **overrides):
-        """Weights from a local Hugging Face DebertaForMaskedLM directory (v1, relative attention with c2p|p2c,
-        position_biased_input=False, no talking heads). transformers has no EMD, so the model loads with emd=False."""
-        from transformers import DebertaForMaskedLM
-        hf = DebertaForMaskedLM.from_pretrained(path)
-        hc = hf.config
-        if (not hc.relative_attention or getattr(hc, "position_biased_input", True) or getattr(hc, "talking_head", False)
-                or sorted(hc.pos_att_type or []) != ["c2p", "p2c"]):
-            raise ValueError("only DeBERTa v1 with relative_attention, pos_att_type c2p|p2c, "
-                             "position_biased_input=False and no talking heads is supported")
-        span = hc.max_relative_positions if hc.max_relative_positions > 0 else hc.max_position_embeddings
-        config = DebertaConfig(n_layer=hc.num_hidden_layers, n_head=hc.num_attention_heads, n_embd=hc.hidden_size,
-                               ffn_hidden=hc.intermediate_size, block_size=hc.max_position_embeddings,
-                               vocab_size=hc.vocab_size, type_vocab_size=hc.type_vocab_size,
-                               layer_norm_eps=hc.layer_norm_eps, hidden_act=hf_activation(hc.hidden_act), bias=True,
-                               max_relative_positions=span, emd=False)
-        block_size = hf_overrides(config, overrides)
-        sd, ours, H = hf.state_dict(), {}, hc.hidden_size
-        ours["transformer.wte.weight"] = sd["deberta.embeddings.word_embeddings.weight"]
-        if config.type_vocab_size:
-            ours["transformer.wtt.weight"] = sd["deberta.embeddings.token_type_embeddings.weight"]
-        hf_linear(ours, sd, "transformer.ln_emb", "deberta.embeddings.LayerNorm")
-        ours["transformer.rel.weight"] = sd["deberta.encoder.rel_embeddings.weight"]
-        for i in range(config.n_layer):
-            p, o = f"deberta.encoder.layer.{i}.", f"transformer.h.{i}."
-            # HF's in_proj rows are per head [q_h; k_h; v_h]; ours are [q (all heads); k; v]
-            w = sd[p + "attention.self.in_proj.weight"]
-            ours[o + "attn.c_attn.weight"] = w.view(config.n_head, 3, -1, H).transpose(0, 1).reshape(3 * H, H)
-            for name in ("q_bias", "v_bias"):
-                ours[o + "attn." + name] = sd[p + "attention.self." + name]
-            hf_linear(ours, sd, o + "attn.pos_proj", p + "attention.self.pos_proj", bias=False)
-            hf_linear(ours, sd, o + "attn.pos_q_proj", p + "attention.self.pos_q_proj")
-            hf_post_ln_layer(ours, sd, o, p)
-        head = "cls.predictions." if hc.legacy else "lm_predictions.lm_head."
-        hf_mlm_head(ours, sd, head + ("transform.dense" if hc.legacy else "dense"),
-                    head + ("transform.LayerNorm" if hc.legacy else "LayerNorm"), head + "bias")
-        return cls(config).finish_import(ours, block_size)

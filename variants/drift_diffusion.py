@@ -6,15 +6,16 @@ of shape (B, H, T, hd), after the heads are combined with V and before they are 
     drift     a <- a + sigmoid(theta) * (a - b)     (baseline_each_head; else a <- a + sigmoid(theta) * a)
     diffusion a <- a + sigma * eps,  eps ~ N(0, I)  (training only; the identity in eval)
 
-theta ~ N(0, 1), b ~ 1e-3 N(0, 1), sigma ~ N(0, 1) at init (the original code; its docs' std 0.02 / fixed 0.1 are
-not what it runs, SPEC §1.7). The op runs after the attention kernel, so every attention fast path still applies.
+theta ~ N(0, 1), b ~ 1e-3 N(0, 1), sigma ~ N(0, 1) at init (SPEC §1.7). The op runs after the attention kernel, so
+every attention fast path still applies.
 """
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from model import GPT, CausalSelfAttention, GPTConfig, register
+from model import GPT, CausalSelfAttention, GPTConfig
+from variants.registry import register
 
 
 @dataclass
@@ -38,7 +39,8 @@ class DriftDiffusionAttention(CausalSelfAttention):
                          if config.apply_drift and config.baseline_each_head else None)
         self.diffusion_param = nn.Parameter(torch.randn(shape)) if config.apply_diffusion else None
 
-    def mix_heads(self, y):
+    def attend(self, q, k, v, mask):
+        y = super().attend(q, k, v, mask)
         # parameters are (H, hd); y is (B, H, T, hd): broadcast over batch and time
         if self.drift_param is not None:
             gate = torch.sigmoid(self.drift_param)[:, None, :]
@@ -51,9 +53,7 @@ class DriftDiffusionAttention(CausalSelfAttention):
 @register("drift_diffusion")
 class DriftDiffusionGPT(GPT):
     config_class = DriftDiffusionConfig
-
-    def make_attention(self, layer_idx):
-        return DriftDiffusionAttention(self.config, layer_idx)
+    Attention = DriftDiffusionAttention
 
     def log_metrics(self):
         attns = [b.attn for b in self.transformer.h]

@@ -1,40 +1,29 @@
-"""Layer-wise causal sliding windows (SPEC §3, seed 003 `layerwise_mask_gpt`).
+"""Layer-wise causal sliding windows (SPEC §3).
 
 Layer l lets query i attend key j iff max(0, i - w_l + 1) <= j <= i (w = 1 is self only; w >= T is plain causal).
 The per-layer windows w_l come from one of (see `layer_windows`):
 
   schedule = "full" | "half" | "quarter" | "aggressive"   SPEC §3.1 presets (geometric halving)
-  schedule = "progressive" + start_layer/start_window/end_window, or the seed's JSON form as a string:
+  schedule = "progressive" + start_layer/start_window/end_window, or the JSON form as a string:
              schedule = '{"type": "progressive", "start_layer": 6, "start_window": 512, "end_window": 16}'
   windows = [0, 0, 256, 128, ...]                         explicit, one per layer, 0 = full causal
   window_pattern = "SSSL" | "L,256,64"                    repeating long/short pattern (modded-nanogpt/nanochat style)
 
-Compute is real, not only a mask: each layer hands the kernel AttnMask(window=w), which model.py's banded SDPA path
-turns into O(T*w) work on CPU; on CUDA a FlexAttention sliding-window block mask is used (built once per shape and
+Compute is real, not only a mask: each layer hands the kernel AttnMask(window=w), which attention.py's banded SDPA
+path turns into O(T*w) work; on CUDA a FlexAttention sliding-window block mask is used (built once per shape and
 shared by every layer with the same window). generate() keeps a rolling cache of the last w-1 keys per windowed layer.
-
-Fine-tuning pretrained GPT-2 with windows: train.py's init_from=<HF name or dir> hands from_pretrained only dropout and
-block_size, so a schedule set on the command line would be dropped. Write a schedule file (it names the weights and
-the window fields; the script checks them by building the model) and start from it:
-
-  python variants/layerwise_window.py --init_from=gpt2 --schedule=aggressive --out=gpt2_aggressive.json
-  python train.py config/finetune_gpt2_layerwise.py --init_from=gpt2_aggressive.json
+Fine-tuning GPT-2 with windows: `python train.py config/finetune_gpt2_layerwise.py` (init_from="gpt2" plus the window
+fields, which train.py applies on top of the pretrained weights).
 """
-import functools
 import json
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-if __name__ == "__main__":  # run as a script: import the registered module instead of re-registering this copy
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from variants.layerwise_window import write_schedule_file
-    sys.exit(write_schedule_file(sys.argv[1:]))
-
-from model import GPT, AttnMask, CausalSelfAttention, GPTConfig, KVCache, RollingKVCache, register, sdpa_attention
+from attention import AttnMask, RollingKVCache, sdpa_attention
+from model import GPT, CausalSelfAttention, GPTConfig
+from variants.registry import register
 
 # SPEC §3.1, written for 12 layers: (start_layer, start_window, end_window); layers before start_layer are full.
 PRESETS = {"half": (6, 512, 16), "quarter": (3, 1024, 4), "aggressive": (1, 1024, 1)}
@@ -147,7 +136,6 @@ def json_windows(text, n_layer, first_window_is_start):
 
 
 # ---- CUDA: FlexAttention sliding-window block masks, one per (window, T, device), shared across layers.
-# [UNTESTED on GPU in this project's sessions: no GPU was available; on CPU the SDPA/blocked path is always used.]
 _FLEX = {}
 
 
@@ -164,36 +152,39 @@ def sliding_block_mask(window, T, device):
     return _FLEX[key]
 
 
-def _flex_attention(q, k, v, window, scale):
+def flex_window_attention(q, k, v, window, scale=None):
     from torch.nn.attention.flex_attention import flex_attention
     if "kernel" not in _FLEX:
         _FLEX["kernel"] = torch.compile(flex_attention, dynamic=False)  # eager flex is a slow reference
     return _FLEX["kernel"](q, k, v, block_mask=sliding_block_mask(window, q.size(-2), q.device), scale=scale)
 
 
-def windowed_kernel(q, k, v, mask, dropout_p=0.0, scale=None, flex=True):
-    """A plain sliding window over a whole sequence goes to FlexAttention on CUDA; everything else (all of CPU, and
-    cached decoding) to model.py's SDPA path, which runs reach-limited masks through its O(T * w) banded kernel."""
-    plain_window = (mask.window is not None and mask.causal and mask.q_offset == 0 and mask.distance_bias is None
-                    and mask.allowed is None and mask.bias is None and q.size(-2) == k.size(-2))
-    if plain_window and q.is_cuda and flex and dropout_p == 0.0:
-        return _flex_attention(q, k, v, mask.window, scale)
-    return sdpa_attention(q, k, v, mask, dropout_p, scale)
-
-
 class WindowedAttention(CausalSelfAttention):
-    def __init__(self, config, layer_idx, window):
+    def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx)
-        self.window = window
-        self.block = config.attn_block  # 0: model.band_block picks it from the window
-        if window and config.attn_impl == "sdpa":
-            self.kernel = functools.partial(windowed_kernel, flex=config.flex_attention)
+        self.window = layer_windows(config)[layer_idx]
+        self.block = config.attn_block  # 0: attention.band_block picks it from the window
+        self.flex = config.flex_attention
 
-    def mask(self, Tq, Tk, q_offset):
+    def mask(self, Tq, Tk, q_offset, given=None):
         # the farthest pair is the last query and key 0 (keys are numbered from the first key handed in)
         if self.window is None or self.window > q_offset + Tq - 1:
             return AttnMask(causal=True, q_offset=q_offset)
         return AttnMask(causal=True, window=self.window, q_offset=q_offset, block=self.block)
+
+    def attend(self, q, k, v, mask):
+        """A sliding window over a whole sequence goes to FlexAttention on CUDA (training shapes, no dropout);
+        everything else to the kernel of attn_impl (on CPU the banded SDPA path)."""
+        whole = mask.window is not None and mask.q_offset == 0 and q.size(-2) == k.size(-2)
+        if (whole and q.is_cuda and self.flex and self.kernel is sdpa_attention
+                and not (self.training and self.dropout)):
+            return flex_window_attention(q, k, v, mask.window)
+        return super().attend(q, k, v, mask)
+
+    def make_cache(self, batch_size, device, dtype):
+        if self.window is not None and self.window < self.block_size:
+            return RollingKVCache(self.window - 1)  # the next query reaches back window-1 keys
+        return super().make_cache(batch_size, device, dtype)
 
     def attended_entries(self, T):
         w = self.window
@@ -208,96 +199,9 @@ class WindowedAttention(CausalSelfAttention):
 @register("layerwise")
 class LayerwiseGPT(GPT):
     config_class = LayerwiseConfig
-
-    def __init__(self, config):
-        config.validate()
-        self.windows = layer_windows(config)
-        super().__init__(config)
-
-    def make_attention(self, layer_idx):
-        return WindowedAttention(self.config, layer_idx, self.windows[layer_idx])
-
-    def make_caches(self, batch_size, device, dtype):
-        c = self.config
-        return [RollingKVCache(w - 1) if w is not None and w < c.block_size else
-                KVCache(batch_size, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
-                for w in self.windows]
+    Attention = WindowedAttention
 
     def log_metrics(self):
         T = self.config.block_size
         attended = sum(b.attn.attended_entries(T) for b in self.transformer.h)
         return {"attended_fraction_of_causal": attended / (len(self.transformer.h) * T * (T + 1) / 2)}
-
-
-    # ---- fine-tuning pretrained GPT-2 with windows
-    @classmethod
-    def from_pretrained(cls, name_or_path, **overrides):
-        """GPT-2 weights with windows applied. name_or_path: an HF name/directory (then the window fields come from
-        overrides), or a schedule file written by `python variants/layerwise_window.py` (a .json file, or a directory
-        holding layerwise.json) that names the HF weights and the window fields. train.py's init_from passes only
-        dropout/block_size, so the schedule file is how a schedule reaches a fine-tuning run."""
-        spec_path = Path(name_or_path)
-        spec_path = spec_path / SCHEDULE_FILE if spec_path.is_dir() else spec_path
-        if spec_path.suffix == ".json" and spec_path.is_file():
-            try:
-                spec = json.loads(spec_path.read_text())
-            except ValueError as e:
-                raise ValueError(f"{spec_path}: not valid JSON ({e})") from None
-            source = str(spec.pop("init_from", spec_path.parent))
-            unknown = sorted(set(spec) - SCHEDULE_KEYS)
-            if unknown:
-                raise ValueError(f"{spec_path}: unknown keys {unknown} (allowed: init_from, {sorted(SCHEDULE_KEYS)})")
-            if (spec_path.parent / source).exists():  # paths in the file are relative to it
-                source = str(spec_path.parent / source)
-            name_or_path, overrides = source, {**spec, **overrides}
-        return super().from_pretrained(name_or_path, **overrides)
-
-
-SCHEDULE_FILE = "layerwise.json"
-# every field a schedule file may set: the window fields, not the architecture (that comes from the weights)
-SCHEDULE_KEYS = ({f for f in LayerwiseConfig.__dataclass_fields__} - set(GPTConfig.__dataclass_fields__)
-                 | {"block_size", "dropout", "attn_impl"})
-
-
-@dataclass
-class ScheduleFileConfig:
-    init_from: str = "gpt2"  # HF name or local HF directory
-    out: str = "layerwise_gpt2.json"  # the schedule file to write (a directory gets layerwise.json inside)
-    overwrite: bool = False
-    variant: str = "layerwise"
-
-
-def write_schedule_file(argv):
-    """CLI: check that the schedule fits the weights (by building the model), then write the schedule file."""
-    import configurator
-    try:
-        # not configurator.resolve: it would validate the windows against the default n_layer, before the
-        # pretrained weights tell the real depth (from_pretrained below validates them)
-        values = configurator.parse_args(argv)
-        bad = sorted(set(values) - SCHEDULE_KEYS - set(ScheduleFileConfig.__dataclass_fields__))
-        if bad:
-            raise configurator.ConfigError(f"cannot set {bad} here: allowed are {sorted(SCHEDULE_KEYS)} and "
-                                           f"{sorted(ScheduleFileConfig.__dataclass_fields__)} (the architecture "
-                                           f"comes from the pretrained weights)")
-        explicit = set(values)
-        cfg = configurator._build(ScheduleFileConfig, values, set())  # type-checked, as train.py's keys
-        model_cfg = configurator._build(LayerwiseConfig, values, set())
-        if cfg.variant != "layerwise":
-            raise configurator.ConfigError(f"variant must be 'layerwise', got {cfg.variant!r}")
-        out = Path(cfg.out)
-        out = out / SCHEDULE_FILE if out.is_dir() or not out.suffix else out
-        if out.exists() and not cfg.overwrite:
-            raise configurator.ConfigError(f"{out} exists; pass --overwrite=True to replace it")
-        spec = {k: getattr(model_cfg, k) for k in sorted(explicit & SCHEDULE_KEYS)}
-        model = LayerwiseGPT.from_pretrained(cfg.init_from, **spec)
-    except (configurator.ConfigError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out.parent.mkdir(parents=True, exist_ok=True)
-    source = Path(cfg.init_from)
-    init_from = str(source.resolve()) if source.exists() else cfg.init_from
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"init_from": init_from, **spec}, indent=1) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}: {cfg.init_from} with windows {[w or 'full' for w in model.windows]}")
-    return 0

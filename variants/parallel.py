@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig, register
+from model import GPT, GPTConfig
+from variants.registry import register
 
 
 @dataclass
@@ -67,10 +68,9 @@ def run_pair_batched(blocks, x, pos):
     # (2, B*T, C) -> (2B, H, T, hd): the pair axis joins the batch, so one SDPA call serves both blocks
     q, k, v = (t.reshape(2 * B, T, a.n_head, a.head_dim).transpose(1, 2) for t in (q, k, v))
     q, k = a.rotate(q, k, pos)
-    y = a.kernel(q, k, v, a.mask(T, T, 0), dropout_p=a.dropout if a.training else 0.0)
-    y = a.mix_heads(y).transpose(1, 2).reshape(2, B * T, C)
+    y = a.attend(q, k, v, a.mask(T, T, 0)).transpose(1, 2).reshape(2, B * T, C)
     x2 = x.reshape(1, B * T, C) + a.resid_dropout(_pair_linear(y, [m.c_proj for m in attns]))
-    h = mlps[0].gelu(_pair_linear(_pair_layernorm(x2, (left.ln_2, right.ln_2)), [m.c_fc for m in mlps]))
+    h = mlps[0].act(_pair_linear(_pair_layernorm(x2, (left.ln_2, right.ln_2)), [m.c_fc for m in mlps]))
     x2 = x2 + mlps[0].dropout(_pair_linear(h, [m.c_proj for m in mlps]))
     return x2[0].view(B, T, C), x2[1].view(B, T, C)
 
@@ -93,17 +93,13 @@ class ParallelGPT(GPT):
             return x_left + x_right
         return self.bottleneck(torch.cat((x_left, x_right), dim=-1))
 
-    def run_blocks(self, x, pos, caches=None, **batch):
+    def run_blocks(self, x, pos, mask=None, caches=None):
         h = self.transformer.h
         for i in range(0, len(h), 2):
-            if caches is None and self.config.pair_impl == "batched":
+            if caches is None and mask is None and self.config.pair_impl == "batched":
                 x_left, x_right = run_pair_batched((h[i], h[i + 1]), x, pos)
             else:
-                x_left = h[i](x, pos, None if caches is None else caches[i])
-                x_right = h[i + 1](x, pos, None if caches is None else caches[i + 1])
+                x_left = h[i](x, pos, None if caches is None else caches[i], mask)
+                x_right = h[i + 1](x, pos, None if caches is None else caches[i + 1], mask)
             x = self.merge(x_left, x_right)
         return x
-
-    def linear_calls_per_token(self, module, T):
-        # the one bottleneck Linear is applied once per stage
-        return self.config.n_layer // 2 if module is getattr(self, "bottleneck", None) else 1

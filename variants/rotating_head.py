@@ -6,15 +6,15 @@ Pairs are interleaved (2i, 2i+1); the angle of pair i of head h at position p is
     gp: f[h, i] = s_h * base^(-2i/hd) with s_h = 10^(-h/(H-1)) (torch.logspace(0, -1, H)): head 0 gets the standard
         RoPE spectrum, the last head the spectrum slowed down ten times. Fixed.
     rope_freq_norm: f~ = LayerNorm_{hd/2}(f_h) per head (affine shared by the heads), else f~ = f.
-Positions are absolute (pos_offset-aware), so cached generation rotates each new token by its true position; the
-original recomputed arange(T) on every call, which is only right without a cache.
+Positions are absolute, so cached generation rotates each new token by its true position.
 """
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from model import GPT, CausalSelfAttention, GPTConfig, register
+from model import GPT, CausalSelfAttention, GPTConfig
+from variants.registry import register
 from variants.rotary import rope_cos_sin, rope_frequencies, rotate_interleaved
 
 
@@ -42,6 +42,7 @@ def gp_frequencies(n_head, head_dim, base=10000.0):
 
 class RotatingHeadAttention(CausalSelfAttention):
     _tables = {}  # (H, hd, base, block_size, device) -> (cos, sin) of shape (H, block_size, hd/2), gp only
+
     def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx)
         self.learned = config.rotatinghead == "lr"
@@ -73,9 +74,7 @@ class RotatingHeadAttention(CausalSelfAttention):
 @register("rotating_head")
 class RotatingHeadGPT(GPT):
     config_class = RotatingHeadConfig
-
-    def make_attention(self, layer_idx):
-        return RotatingHeadAttention(self.config, layer_idx)
+    Attention = RotatingHeadAttention
 
     def log_metrics(self):
         if self.config.rotatinghead != "lr":

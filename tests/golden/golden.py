@@ -22,8 +22,7 @@ REPO = HERE.parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
-import variants  # noqa: E402,F401
-from model import get_variant  # noqa: E402
+import variants  # noqa: E402
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, dropout=0.1, bias=True)
 TRAIN = ["--device=cpu", "--batch_size=4", "--learning_rate=2e-3", "--warmup_iters=3", "--lr_decay_iters=20",
@@ -72,42 +71,49 @@ def shakespeare_dir(tmp):
 
 # ---- the project API the outputs are read through (the only part a redesign rewrites)
 
+def objective(name):
+    return variants.get(CASES[name][0]).objective
+
+
 def build(name, state=None, seed=0):
     variant, extra = CASES[name]
-    cls = get_variant(variant)
-    config = cls.config_class(**{**SHAPE, "vocab_size": cls.model_vocab_size(65), **extra})
+    spec = variants.get(variant)
+    config = spec.config_class(**{**SHAPE, "vocab_size": spec.objective.vocab_size(65), **extra})
     torch.manual_seed(seed)
-    model = cls(config)
+    model = spec.build(config)
     if state is not None:
         model.load_state_dict(state)
     return model.eval()
 
 
+def variant_objective(model):
+    return next(v.objective for v in variants.VARIANTS.values() if type(model) is v.model_class)
+
+
 def is_causal(model):
-    return model.is_causal
+    return variant_objective(model).causal
 
 
 def training_batch(model, x, y):
-    return model.prepare_batch(x, y, generator=torch.Generator().manual_seed(3))
+    return variant_objective(model).prepare(model.config, x, y, generator=torch.Generator().manual_seed(3))
 
 
 def batch_outputs(model, batch):
     """(logits, loss) of the objective's training layout, and its eval metrics {name: (sum, count)}."""
-    logits, loss = model(**batch)
-    metrics = {k: (float(s), float(n)) for k, (s, n) in model.eval_metrics(logits, **batch).items()}
+    obj = variant_objective(model)
+    logits, loss = obj.step(model, batch)
+    metrics = {k: (float(s), float(n)) for k, (s, n) in obj.metrics(logits, batch).items()}
     return logits, loss, metrics
 
 
 def plain_logits(model, x):
-    return model(x)[0]
+    return model(x)
 
 
 def fill(model, segments):
     """Fill-mask predictions, or None for models without that mode."""
-    try:
-        return model.fill_mask(segments, top_k=3)
-    except NotImplementedError:
-        return None
+    obj = variant_objective(model)
+    return obj.fill_mask(model, segments, top_k=3) if obj.fills else None
 
 
 def start_checkpoint_model_args(model):
