@@ -5,8 +5,6 @@ from pathlib import Path
 
 import torch
 
-import variants  # noqa: F401  (registers every variant)
-from model import get_variant
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "variant", "model_args", "model", "checksum")
@@ -82,10 +80,11 @@ def load(path, map_location="cpu"):
     return ckpt
 
 
-def build_model(ckpt, path="checkpoint", **overrides):
-    """Instantiate the checkpoint's variant with its saved config (plus overrides such as dropout) and weights."""
+def build_model(ckpt, lookup, path="checkpoint", **overrides):
+    """Instantiate the checkpoint's variant with its saved config (plus overrides such as dropout) and weights.
+    lookup maps the saved variant name to its registry entry (variants.get)."""
     try:
-        cls = get_variant(ckpt["variant"])
+        cls = lookup(ckpt["variant"]).model_class
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     args = dict(ckpt["model_args"], **overrides)

@@ -16,8 +16,6 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-import variants  # noqa: F401  (registers every variant so their fields are known)
-from model import get_variant
 
 
 class ConfigError(ValueError):
@@ -101,34 +99,36 @@ def _type_name(annotation):
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _build(cls, values, key_owner):
+def build(cls, values, key_owner=None):
     kwargs = {}
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in values:
             kwargs[f.name] = _check_type(f.name, values[f.name], hints[f.name])
-            key_owner.add(f.name)
+            if key_owner is not None:
+                key_owner.add(f.name)
     return cls(**kwargs)
 
 
-def resolve(argv, entry_cls, model=True):
-    """Build (entry config, model config or None, keys the user set) from argv. The entry dataclass declares a
-    `variant` field when model=True; its value picks the variant whose config dataclass receives the model fields."""
+def resolve(argv, entry_cls, model_configs=None):
+    """Build (entry config, model config or None, keys the user set) from argv. With model_configs (a function from a
+    variant name to its config dataclass), the entry dataclass declares a `variant` field whose value picks the
+    dataclass that receives the model fields."""
     values = parse_args(argv)
     used = set()
-    entry = _build(entry_cls, values, used)
+    entry = build(entry_cls, values, used)
     model_cfg = None
     allowed = {f.name for f in fields(entry_cls)}
-    if model:
-        cls = get_variant(getattr(entry, "variant"))
-        model_cfg = _build(cls.config_class, values, used)
-        allowed |= {f.name for f in fields(cls.config_class)}
+    if model_configs is not None:
+        config_class = model_configs(entry.variant)
+        model_cfg = build(config_class, values, used)
+        allowed |= {f.name for f in fields(config_class)}
     unknown = [k for k in values if k not in allowed]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, allowed, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        scope = f" for variant {entry.variant!r}" if model else ""
+        scope = f" for variant {entry.variant!r}" if model_configs is not None else ""
         raise ConfigError(f"unknown config key {key!r}{scope}{hint}")
     if model_cfg is not None:
         try:

@@ -144,8 +144,7 @@ def _mlm_head(ours, sd, dense, norm, bias):
     """The MLM transform (dense, LayerNorm) and output bias; the decoder weight is the word embedding matrix."""
     _linear(ours, sd, "mlm_dense", dense)
     _linear(ours, sd, "mlm_ln", norm)
-    ours["mlm_decoder.bias"] = sd[bias]
-    ours["mlm_decoder.weight"] = ours["transformer.wte.weight"]
+    ours["mlm_bias"] = sd[bias]
 
 
 def _encoder_config(cls, hc, **fields):

@@ -18,7 +18,6 @@ import random
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,8 +29,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import configurator
+import runtime
+import variants
 from data.common import DataError, load_meta, open_split
-from model import GPTConfig, get_variant
+from model import GPTConfig
 
 
 @dataclass
@@ -44,7 +45,7 @@ class TrainConfig:
     eval_iters: int = 200
     eval_only: bool = False
     always_save_checkpoint: bool = True  # write ckpt.pt at every eval, not only when val improves
-    init_from: str = "scratch"  # "scratch", "resume" (out_dir/ckpt.pt), or an HF GPT-2 name / local HF directory
+    init_from: str = "scratch"  # "scratch", "resume" (out_dir/ckpt.pt), or HF weights (a GPT-2 name, a local HF dir)
     # logging
     wandb_log: bool = False
     wandb_project: str = "attention-variants"
@@ -230,253 +231,310 @@ class Preemption:
         self.signal = signum
 
 
-def main(argv):
-    preemption = Preemption()
-    # ---- config: everything is validated before anything touches out_dir
+@dataclass
+class Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+    ddp: bool = False
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
+def setup_distributed(cfg, device):
+    """Join the torchrun process group (nccl on CUDA, gloo on CPU); returns (Ranks, this rank's device)."""
+    if int(os.environ.get("RANK", -1)) == -1:
+        return Ranks(), device
+    # a rank that dies makes the others fail at their next collective after this timeout instead of hanging
+    init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=cfg.ddp_timeout_s))
+    ranks = Ranks(True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    if device.type == "cuda":
+        device = torch.device(f"cuda:{ranks.local_rank}")
+        torch.cuda.set_device(device)
+    if cfg.gradient_accumulation_steps % ranks.world:
+        fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple of the "
+             f"{ranks.world} ranks", 2)
+    return ranks, device
+
+
+def read_config(argv):
+    """(TrainConfig, model config, keys the user set, data dir, data meta): all validated before anything is written."""
     try:
-        cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig)
+        cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig, lambda name: variants.get(name).config_class)
         cfg.validate()
+        runtime.resolve(cfg.device, cfg.dtype)
     except (configurator.ConfigError, ValueError) as e:
         fail(e, 2)
     data_dir = cfg.data_dir or os.path.join("data", cfg.dataset)
     try:
-        meta = load_meta(data_dir)
+        return cfg, model_cfg, explicit, data_dir, load_meta(data_dir)
     except DataError as e:
         fail(e)
 
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    device_name = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if ddp:
-        backend = "nccl" if device_name.startswith("cuda") else "gloo"
-        # a rank that dies makes the others fail at their next collective after this timeout instead of hanging
-        init_process_group(backend=backend, timeout=timedelta(seconds=cfg.ddp_timeout_s))
-        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if device_name.startswith("cuda"):
-            device_name = f"cuda:{local_rank}"
-            torch.cuda.set_device(device_name)
-        if cfg.gradient_accumulation_steps % world:
-            fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple of the "
-                 f"{world} ranks", 2)
-    else:
-        rank, world = 0, 1
-    master = rank == 0
-    device = torch.device(device_name)
-    accum = cfg.gradient_accumulation_steps // world
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.type, dtype=ptdtype)
-    torch.manual_seed(mix_seed(cfg.seed, 0))  # model init: the same on every rank
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
-    # ---- model
-    cls = get_variant(cfg.variant)
-    requested = model_cfg
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / "ckpt.pt"
-    iter_num, best_val_loss, ckpt = 0, float("inf"), None
+def build_from_scratch(cfg, model_cfg, explicit, variant, meta, ckpt_path):
+    if ckpt_path.exists() and not cfg.overwrite and not cfg.eval_only:
+        fail(f"{ckpt_path} exists; use --init_from=resume to continue that run or --overwrite=True to start over", 2)
+    if "vocab_size" not in explicit:
+        model_cfg.vocab_size = variant.objective.vocab_size(meta["vocab_size"])
+    return variant.build(model_cfg)
+
+
+def build_from_checkpoint(cfg, requested, explicit, meta, data_dir, ckpt_path):
+    """The architecture comes from the checkpoint; dropout and the attention path may change on resume."""
+    ckpt = checkpoint.load(ckpt_path, map_location="cpu")
+    if ckpt["variant"] != cfg.variant:
+        fail(f"{ckpt_path} is a {ckpt['variant']!r} checkpoint but variant={cfg.variant!r}", 2)
+    saved = ckpt["model_args"]
+    if "block_size" in explicit and requested.block_size > saved["block_size"]:
+        fail(f"block_size={requested.block_size} exceeds the checkpoint's {saved['block_size']}", 2)
+    for key in sorted(explicit & set(saved) - {"dropout", "attn_impl"}):
+        if getattr(requested, key) != saved[key]:
+            fail(f"{key}={getattr(requested, key)!r} differs from the checkpoint's {saved[key]!r}", 2)
+    saved_meta = ckpt.get("data_meta") or {}
+    if saved_meta.get("tokenizer", meta["tokenizer"]) != meta["tokenizer"]:
+        fail(f"{ckpt_path} was trained on {saved_meta['tokenizer']}-tokenized data but {data_dir} is "
+             f"{meta['tokenizer']}-tokenized", 2)
+    model = checkpoint.build_model(ckpt, variants.get, ckpt_path, dropout=requested.dropout,
+                                   attn_impl=requested.attn_impl)
+    return model, ckpt
+
+
+def build_model(cfg, model_cfg, explicit, meta, data_dir, ckpt_path):
+    """(model, checkpoint dict or None) for init_from = scratch, resume, or pretrained HF weights."""
+    variant = variants.get(cfg.variant)
     try:
         if cfg.init_from == "scratch":
-            if ckpt_path.exists() and not cfg.overwrite and not cfg.eval_only:
-                fail(f"{ckpt_path} exists; use --init_from=resume to continue that run or --overwrite=True to "
-                     f"start over", 2)
-            if "vocab_size" not in explicit:
-                model_cfg.vocab_size = cls.model_vocab_size(meta["vocab_size"])
-            model = cls(model_cfg)
-        elif cfg.init_from == "resume":
-            ckpt = checkpoint.load(ckpt_path, map_location="cpu")
-            if ckpt["variant"] != cfg.variant:
-                fail(f"{ckpt_path} is a {ckpt['variant']!r} checkpoint but variant={cfg.variant!r}", 2)
-            saved = ckpt["model_args"]
-            if "block_size" in explicit and requested.block_size > saved["block_size"]:
-                fail(f"block_size={requested.block_size} exceeds the checkpoint's {saved['block_size']}", 2)
-            for key in sorted(explicit & set(saved) - {"dropout", "attn_impl"}):
-                if getattr(requested, key) != saved[key]:
-                    fail(f"{key}={getattr(requested, key)!r} differs from the checkpoint's {saved[key]!r}", 2)
-            saved_meta = ckpt.get("data_meta") or {}
-            if saved_meta.get("tokenizer", meta["tokenizer"]) != meta["tokenizer"]:
-                fail(f"{ckpt_path} was trained on {saved_meta['tokenizer']}-tokenized data but {data_dir} is "
-                     f"{meta['tokenizer']}-tokenized", 2)
-            # the architecture comes from the checkpoint; dropout and the attention path may change on resume
-            model = checkpoint.build_model(ckpt, ckpt_path, dropout=requested.dropout, attn_impl=requested.attn_impl)
-            model_cfg = model.config
-            iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        else:  # pretrained weights; the variant's own fields (windows, spans...) and dropout apply on top
-            own = set(type(model_cfg).__dataclass_fields__) - set(GPTConfig.__dataclass_fields__)
-            overrides = {k: getattr(model_cfg, k) for k in explicit & (own | {"block_size"})}
-            model = cls.from_pretrained(cfg.init_from, dropout=model_cfg.dropout, **overrides)
-            model_cfg = model.config
+            return build_from_scratch(cfg, model_cfg, explicit, variant, meta, ckpt_path), None
+        if cfg.init_from == "resume":
+            return build_from_checkpoint(cfg, model_cfg, explicit, meta, data_dir, ckpt_path)
+        if not hasattr(variant.model_class, "from_pretrained"):
+            fail(f"variant {cfg.variant!r} cannot load pretrained weights (init_from={cfg.init_from!r})", 2)
+        # the variant's own fields (windows, spans...), block_size and dropout apply on top of the weights
+        own = set(type(model_cfg).__dataclass_fields__) - set(GPTConfig.__dataclass_fields__)
+        overrides = {k: getattr(model_cfg, k) for k in explicit & (own | {"block_size"})}
+        return variant.model_class.from_pretrained(cfg.init_from, dropout=model_cfg.dropout, **overrides), None
     except (checkpoint.CheckpointError, ValueError, OSError) as e:
         fail(e)
-    if meta["vocab_size"] > model_cfg.vocab_size:
-        fail(f"the model's vocab_size {model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
-    try:
-        sampler = BatchSampler(data_dir, meta, model_cfg.block_size, cfg.batch_size, cfg.seed, device)
-    except DataError as e:
-        fail(e)
-    model.to(device)
 
-    resolved = {**asdict(cfg), **asdict(model_cfg), "world_size": world, "resolved_dtype": dtype,
-                "data_dir": data_dir}
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        print("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in resolved.items()))
-        tmp = out_dir / ".config.json.tmp"
-        tmp.write_text(json.dumps(resolved, indent=1) + "\n")
-        os.replace(tmp, out_dir / "config.json")
-        tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * model_cfg.block_size
-        print(f"variant {cfg.variant}: {model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens/iter")
 
-    optimizer = make_optimizer(model, cfg, device.type)
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_states(ckpt["rng"])
-    scaler = torch.amp.GradScaler(device.type, enabled=(ptdtype == torch.float16))
-    raw_model = model
-    if cfg.compile:
-        if master:
-            print("compiling the model...")
-        model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    log = MetricsLog(out_dir / "metrics.jsonl", cfg, resolved, enabled=master)
+def write_run_config(out_dir, resolved):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print("config:\n" + "\n".join(f"  {k} = {v!r}" for k, v in resolved.items()))
+    tmp = out_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(resolved, indent=1) + "\n")
+    os.replace(tmp, out_dir / "config.json")
 
-    def forward(batch):
-        with autocast:
-            return model(**batch)
 
-    def get_batch(split, index, stream):
-        """Batch `index` of a split, with any batch-transform randomness (MLM masking) seeded by it too."""
-        gen = torch.Generator(device=device).manual_seed(mix_seed(cfg.seed, stream, index))
-        return raw_model.prepare_batch(*sampler.get(split, index), generator=gen)
+class Trainer:
+    """Everything one training run holds: the model (raw and wrapped), its objective, optimizer, data and logs."""
+
+    def __init__(self, cfg, model, ckpt, ranks, device, dtype, meta, data_dir, resolved):
+        self.cfg, self.ranks, self.device, self.meta, self.resolved = cfg, ranks, device, meta, resolved
+        self.objective = variants.get(cfg.variant).objective
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_path = self.out_dir / "ckpt.pt"
+        self.accum = cfg.gradient_accumulation_steps // ranks.world
+        self.autocast = runtime.autocast(device, dtype)
+        self.sampler = BatchSampler(data_dir, meta, model.config.block_size, cfg.batch_size, cfg.seed, device)
+        self.raw_model = model
+        if ranks.master:
+            write_run_config(self.out_dir, resolved)
+            tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
+            print(f"variant {cfg.variant}: {model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens/iter")
+        self.optimizer = make_optimizer(model, cfg, device.type)
+        self.iter_num, self.best_val_loss = 0, float("inf")
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            set_rng_states(ckpt["rng"])
+            self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
+        if cfg.compile:
+            if ranks.master:
+                print("compiling the model...")
+            model = torch.compile(model)
+        if ranks.ddp:
+            model = DDP(model, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
+        self.model = model
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", cfg, resolved, enabled=ranks.master)
+
+    def micro_index(self, it, micro):
+        """Global micro-batch index: N ranks x M micro-steps draw what one process x N*M micro-steps would."""
+        return (it * self.accum + micro) * self.ranks.world + self.ranks.rank
+
+    def batch(self, split, index, stream):
+        """Batch `index` of a split, with the objective's randomness (MLM masking) seeded by it too."""
+        gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.seed, stream, index))
+        return self.objective.prepare(self.raw_model.config, *self.sampler.get(split, index), generator=gen)
+
+    def step_loss(self, batch):
+        with self.autocast:
+            return self.objective.step(self.model, batch, self.raw_model)
 
     @torch.no_grad()
-    def evaluate():
+    def evaluate(self):
         """Mean eval metrics over eval_iters fixed batches per split, shared out across ranks."""
-        model.eval()
+        cfg, ranks = self.cfg, self.ranks
+        self.model.eval()
         results = {}
         for split in ("train", "val"):
             sums = {}
-            for k in range(rank, cfg.eval_iters, world):
-                batch = get_batch(split, k, stream=3)
+            for k in range(ranks.rank, cfg.eval_iters, ranks.world):
+                batch = self.batch(split, k, stream=3)
                 torch.manual_seed(mix_seed(cfg.seed, 4, k))
-                logits, _ = forward(batch)
-                for name, (total, count) in raw_model.eval_metrics(logits, **batch).items():
-                    s = sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=device))
-                    s += torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device),
-                                      torch.as_tensor(count, dtype=torch.float64, device=device)])
+                logits, _ = self.step_loss(batch)
+                for name, (total, count) in self.objective.metrics(logits, batch).items():
+                    s = sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=self.device))
+                    s += torch.stack([torch.as_tensor(total, dtype=torch.float64, device=self.device),
+                                      torch.as_tensor(count, dtype=torch.float64, device=self.device)])
             for name in sorted(sums):
-                if ddp:
+                if ranks.ddp:
                     torch.distributed.all_reduce(sums[name])
                 total, count = sums[name].tolist()
                 results[f"{split}/{name}"] = total / max(count, 1.0)
-            results.update({f"{split}/{k}": v for k, v in summarize_eval(meta, results[f"{split}/loss"]).items()})
-        model.train()
+            results.update({f"{split}/{k}": v for k, v in summarize_eval(self.meta, results[f"{split}/loss"]).items()})
+        self.model.train()
         return results
 
-    def save(iter_num, best_val_loss, eval_done, best=False):
-        state = {"variant": cfg.variant, "model_args": asdict(model_cfg), "model": raw_model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "iter_num": iter_num, "best_val_loss": best_val_loss,
-                 "eval_done": eval_done, "rng": rng_states(), "sampler": {"seed": cfg.seed, "next_iter": iter_num},
-                 "config": resolved, "data_meta": meta}
+    def save(self, eval_done, best=False):
+        state = {"variant": self.cfg.variant, "model_args": asdict(self.raw_model.config),
+                 "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "eval_done": eval_done,
+                 "rng": rng_states(), "sampler": {"seed": self.cfg.seed, "next_iter": self.iter_num},
+                 "config": self.resolved, "data_meta": self.meta}
         if best:
-            checkpoint.save(state, out_dir / "best.pt")
-        elif cfg.keep_last:
-            checkpoint.save(state, ckpt_path, keep_copy=out_dir / f"ckpt_{iter_num:08d}.pt", keep_last=cfg.keep_last)
+            checkpoint.save(state, self.out_dir / "best.pt")
+        elif self.cfg.keep_last:
+            checkpoint.save(state, self.ckpt_path, keep_copy=self.out_dir / f"ckpt_{self.iter_num:08d}.pt",
+                            keep_last=self.cfg.keep_last)
         else:
-            checkpoint.save(state, ckpt_path)
+            checkpoint.save(state, self.ckpt_path)
 
-    # ---- training loop. Every random draw of a micro-step (its batch, its batch transform, dropout) is seeded by
-    # its global micro-batch index, so a resumed run repeats the interrupted one exactly and N ranks x M micro-steps
-    # equal one process x N*M micro-steps.
-    micro_index = lambda it, micro: (it * accum + micro) * world + rank
-    start_iter = iter_num
-    # a checkpoint written right after an eval need not repeat it on resume (unless evaluating is the point)
-    skip_eval_at = iter_num if ckpt is not None and ckpt.get("eval_done") and not cfg.eval_only else None
-    batch = get_batch("train", micro_index(iter_num, 0), stream=0)
-    t0 = time.time()
-    while True:
-        lr = get_lr(cfg, iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def eval_and_save(self, lr, start_iter):
+        """Evaluate, log, and write ckpt.pt (and best.pt when val improves) unless the loss is not finite."""
+        results = self.evaluate()
+        if not self.ranks.master:
+            return
+        shown = " ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith(("loss", "bpc", "ppl")))
+        print(f"step {self.iter_num}: {shown}")
+        self.log.write({"iter": self.iter_num, "kind": "eval", "lr": lr, **results,
+                        **{f"model/{k}": v for k, v in self.raw_model.log_metrics().items()}})
+        improved = results["val/loss"] < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, results["val/loss"])
+        if not math.isfinite(results["val/loss"]):
+            print(f"warning: non-finite val loss at iter {self.iter_num}; {self.ckpt_path} is not overwritten")
+        elif self.iter_num > start_iter and not self.cfg.eval_only:
+            if improved:
+                self.save(eval_done=True, best=True)
+            if improved or self.cfg.always_save_checkpoint:
+                self.save(eval_done=True)
+                print(f"saved checkpoint to {self.ckpt_path}")
 
-        eval_due = iter_num % cfg.eval_interval == 0 or cfg.eval_only or iter_num == cfg.max_iters
-        if eval_due and iter_num != skip_eval_at:
-            results = evaluate()
-            if master:
-                shown = " ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith(("loss", "bpc", "ppl")))
-                print(f"step {iter_num}: {shown}")
-                log.write({"iter": iter_num, "kind": "eval", "lr": lr, **results,
-                           **{f"model/{k}": v for k, v in raw_model.log_metrics().items()}})
-                improved = results["val/loss"] < best_val_loss
-                best_val_loss = min(best_val_loss, results["val/loss"])
-                if not math.isfinite(results["val/loss"]):
-                    print(f"warning: non-finite val loss at iter {iter_num}; {ckpt_path} is not overwritten")
-                elif iter_num > start_iter and not cfg.eval_only:
-                    if improved:
-                        save(iter_num, best_val_loss, eval_done=True, best=True)
-                    if improved or cfg.always_save_checkpoint:
-                        save(iter_num, best_val_loss, eval_done=True)
-                        print(f"saved checkpoint to {ckpt_path}")
-        elif master and cfg.ckpt_interval and iter_num % cfg.ckpt_interval == 0 and iter_num > start_iter:
-            save(iter_num, best_val_loss, eval_done=False)
-        if cfg.eval_only or iter_num >= cfg.max_iters:
-            break
-
-        for micro in range(accum):
-            torch.manual_seed(mix_seed(cfg.seed, 1, micro_index(iter_num, micro)))  # dropout, diffusion noise...
-            if ddp:  # all-reduce gradients only on the last micro-step
-                model.require_backward_grad_sync = micro == accum - 1
-            _, loss = forward(batch)
-            following = (iter_num, micro + 1) if micro + 1 < accum else (iter_num + 1, 0)
-            batch = get_batch("train", micro_index(*following), stream=0)  # fetched while the backward is queued
-            scaler.scale(loss / accum).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
+    def optimizer_step(self, batch, preemption):
+        """One iteration's micro-steps, gradient clipping and update. Returns (loss, grad norm, nonfinite, preempted,
+        the first batch of the next iteration), fetching each next batch while the backward is queued."""
+        cfg, ranks = self.cfg, self.ranks
+        for micro in range(self.accum):
+            torch.manual_seed(mix_seed(cfg.seed, 1, self.micro_index(self.iter_num, micro)))  # dropout, noise...
+            if ranks.ddp:  # all-reduce gradients only on the last micro-step
+                self.model.require_backward_grad_sync = micro == self.accum - 1
+            _, loss = self.step_loss(batch)
+            following = (self.iter_num, micro + 1) if micro + 1 < self.accum else (self.iter_num + 1, 0)
+            batch = self.batch("train", self.micro_index(*following), stream=0)
+            self.scaler.scale(loss / self.accum).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
                                                    cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         lossf = loss.item()
         # one small all-reduce agrees across ranks on non-finite values and on preemption
         flags = torch.tensor([0.0 if math.isfinite(lossf) and torch.isfinite(grad_norm) else 1.0,
-                              1.0 if preemption.signal else 0.0], device=device)
-        if ddp:
+                              1.0 if preemption.signal else 0.0], device=self.device)
+        if ranks.ddp:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         nonfinite, preempted = bool(flags[0]), bool(flags[1])
         if nonfinite and cfg.on_nonfinite == "stop":
-            fail(f"non-finite loss ({lossf}) or gradient norm ({float(grad_norm)}) at iter {iter_num}; stopping "
+            fail(f"non-finite loss ({lossf}) or gradient norm ({float(grad_norm)}) at iter {self.iter_num}; stopping "
                  f"(the last good checkpoint stays; --on_nonfinite=skip skips such steps instead)")
         if nonfinite:
-            if master:
-                print(f"iter {iter_num}: non-finite loss or gradient, step skipped")
-            optimizer.zero_grad(set_to_none=True)
+            if ranks.master:
+                print(f"iter {self.iter_num}: non-finite loss or gradient, step skipped")
         else:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lossf, grad_norm, nonfinite, preempted, batch
 
-        t1 = time.time()
-        dt, t0 = t1 - t0, t1
-        if iter_num % cfg.log_interval == 0 and master:
-            tps = cfg.gradient_accumulation_steps * cfg.batch_size * model_cfg.block_size / dt
-            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, tok/s {tps:,.0f}")
-            log.write({"iter": iter_num, "kind": "train", "loss": lossf, "lr": lr, "grad_norm": float(grad_norm),
-                       "dt_ms": dt * 1000, "tokens_per_s": tps, "skipped": nonfinite})
-        iter_num += 1
+    def train(self, preemption, skip_eval_at):
+        """The loop; True when it stopped for preemption. Every random draw of a micro-step (its batch, the
+        objective's randomness, dropout) is seeded by its global micro-batch index, so a resumed run repeats the
+        interrupted one exactly."""
+        cfg, master = self.cfg, self.ranks.master
+        start_iter = self.iter_num
+        batch = self.batch("train", self.micro_index(self.iter_num, 0), stream=0)
+        t0 = time.time()
+        while True:
+            lr = get_lr(cfg, self.iter_num)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            eval_due = cfg.eval_only or self.iter_num % cfg.eval_interval == 0 or self.iter_num == cfg.max_iters
+            if eval_due and self.iter_num != skip_eval_at:
+                self.eval_and_save(lr, start_iter)
+            elif master and cfg.ckpt_interval and self.iter_num % cfg.ckpt_interval == 0 and self.iter_num > start_iter:
+                self.save(eval_done=False)
+            if cfg.eval_only or self.iter_num >= cfg.max_iters:
+                return False
+            lossf, grad_norm, nonfinite, preempted, batch = self.optimizer_step(batch, preemption)
+            t1 = time.time()
+            dt, t0 = t1 - t0, t1
+            if self.iter_num % cfg.log_interval == 0 and master:
+                tps = cfg.gradient_accumulation_steps * cfg.batch_size * self.raw_model.config.block_size / dt
+                print(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, tok/s {tps:,.0f}")
+                self.log.write({"iter": self.iter_num, "kind": "train", "loss": lossf, "lr": lr,
+                                "grad_norm": float(grad_norm), "dt_ms": dt * 1000, "tokens_per_s": tps,
+                                "skipped": nonfinite})
+            self.iter_num += 1
+            if preempted:
+                return True
 
-        if preempted:
-            if master:
-                save(iter_num, best_val_loss, eval_done=False)
-                name = signal.Signals(preemption.signal).name if preemption.signal else "another rank"
-                print(f"preempted by {name}: checkpoint of iter {iter_num} written to {ckpt_path}; "
-                      f"continue with --init_from=resume")
-            if ddp:
-                torch.distributed.barrier()
-                destroy_process_group()
-            return
+    def preempted(self, signum):
+        """Checkpoint and exit 0 after SIGTERM/SIGINT (on any rank)."""
+        if self.ranks.master:
+            self.save(eval_done=False)
+            name = signal.Signals(signum).name if signum else "another rank"
+            print(f"preempted by {name}: checkpoint of iter {self.iter_num} written to {self.ckpt_path}; "
+                  f"continue with --init_from=resume")
+        if self.ranks.ddp:
+            torch.distributed.barrier()
 
-    if master and not cfg.eval_only:
-        raw_model.save_artifacts(out_dir)
-    if ddp:
+
+def main(argv):
+    preemption = Preemption()
+    cfg, model_cfg, explicit, data_dir, meta = read_config(argv)
+    device, dtype = runtime.resolve(cfg.device, cfg.dtype)
+    ranks, device = setup_distributed(cfg, device)
+    torch.manual_seed(mix_seed(cfg.seed, 0))  # model init: the same on every rank
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    out_dir = Path(cfg.out_dir)
+    model, ckpt = build_model(cfg, model_cfg, explicit, meta, data_dir, out_dir / "ckpt.pt")
+    model_cfg = model.config
+    if meta["vocab_size"] > model_cfg.vocab_size:
+        fail(f"the model's vocab_size {model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
+    resolved = {**asdict(cfg), **asdict(model_cfg), "world_size": ranks.world,
+                "resolved_dtype": str(dtype).removeprefix("torch."), "data_dir": data_dir}
+    try:
+        trainer = Trainer(cfg, model.to(device), ckpt, ranks, device, dtype, meta, data_dir, resolved)
+    except DataError as e:
+        fail(e)
+    # a checkpoint written right after an eval need not repeat it on resume (unless evaluating is the point)
+    skip_eval_at = trainer.iter_num if ckpt is not None and ckpt.get("eval_done") and not cfg.eval_only else None
+    if trainer.train(preemption, skip_eval_at):
+        trainer.preempted(preemption.signal)
+    if ranks.ddp:
         destroy_process_group()
 
 

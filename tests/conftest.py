@@ -46,7 +46,7 @@ def embedding_grad(model, t, pick=None, **inputs):
 
     handle = model.transformer.wte.register_forward_hook(keep)
     try:
-        logits, _ = model(**inputs)
+        logits = model(**inputs)
     finally:
         handle.remove()
     (logits if pick is None else logits[pick])[:, t].pow(2).sum().backward()

@@ -210,10 +210,25 @@ def test_enwik8_split_and_roundtrip(tmp_path, zipped):
         assert record["member_sha256"] == hashlib.sha256(data).hexdigest()
 
 
-def test_enwik8_real_size_split():
-    # the 100M file's standard split follows from the same proportions
+def test_enwik8_real_size_split(tmp_path):
+    # a file of enwik8's size (10^8 bytes, not its content) gets the standard 90M / 5M / 5M split
     n = 100_000_000
-    assert (n * 90 // 100, n * 5 // 100) == (90_000_000, 5_000_000)
+    src = tmp_path / "enwik8"
+    marks = {89_999_999: 1, 90_000_000: 2, 94_999_999: 3, 95_000_000: 4}  # the bytes either side of each boundary
+    with open(src, "wb") as f:
+        f.truncate(n)  # sparse zeros
+        for offset, byte in marks.items():
+            f.seek(offset)
+            f.write(bytes([byte]))
+    out = tmp_path / "out"
+    r = prepare_ok("enwik8", "--source", src, "--out_dir", out)
+    assert "not the reference enwik8" in r.stderr  # right size, other content: warned, still prepared
+    meta = load_meta(out)
+    assert {k: v["tokens"] for k, v in meta["splits"].items()} == {"train": 90_000_000, "val": 5_000_000,
+                                                                   "test": 5_000_000}
+    train, val, test = (open_split(out, k) for k in ("train", "val", "test"))
+    assert (train[-1], val[0], val[-1], test[0]) == (1, 2, 3, 4)
+    assert int(train[:-1].max()) == int(val[1:-1].max()) == int(test[1:].max()) == 0
 
 
 def test_enwik8_bad_zips(tmp_path):

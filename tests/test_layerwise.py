@@ -1,17 +1,17 @@
 """Layer-wise sliding windows (SPEC §3): schedule tables, window semantics, banded kernel == dense reference with
-gradients, causality and locality, rolling-cache generation, GPT-2 import, checkpoints, config errors."""
+gradients, causality and locality, rolling-cache generation, GPT-2 import with windows, checkpoints, config errors,
+and the FlexAttention block mask of the CUDA path."""
 import warnings
 
 import pytest
 import torch
 
 import checkpoint
-import variants  # noqa: F401
+import variants
+from attention import AttnMask, RollingKVCache, banded_attention, dense_attention, sdpa_attention
 from conftest import (
     assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, embedding_grad, future_gradient, run)
-from model import AttnMask, dense_attention
-from model import RollingKVCache, banded_attention
-from variants.layerwise_window import LayerwiseConfig, LayerwiseGPT, layer_windows, windowed_kernel, write_schedule_file
+from variants.layerwise_window import LayerwiseConfig, LayerwiseGPT, layer_windows
 
 F_ = None  # full causal
 SPEC_TABLE = {  # SPEC §3.1, layers 0..11
@@ -28,12 +28,16 @@ def tiny(**kw):
     return LayerwiseGPT(LayerwiseConfig(**{**TINY, **kw}))
 
 
+def windows_of(model):
+    return [b.attn.window for b in model.transformer.h]
+
+
 @pytest.mark.parametrize("schedule", list(SPEC_TABLE))
 def test_12_layer_schedules_equal_spec_table(schedule):
     assert layer_windows(LayerwiseConfig(schedule=schedule)) == SPEC_TABLE[schedule]
     model = LayerwiseGPT(LayerwiseConfig(schedule=schedule, n_layer=12, n_head=2, n_embd=8, block_size=8,
                                          vocab_size=11))
-    assert [b.attn.window for b in model.transformer.h] == SPEC_TABLE[schedule]
+    assert windows_of(model) == SPEC_TABLE[schedule]
 
 
 def test_seed_json_and_progressive_forms_reproduce_the_presets():
@@ -112,10 +116,11 @@ def test_banded_kernel_equals_dense_with_gradients(B, T, w, block):
 def test_banded_kernel_only_computes_reachable_keys(sdpa_calls):
     seen = sdpa_calls
     q = torch.randn(1, 2, 256, 8)
-    windowed_kernel(q, q, q, AttnMask(window=16, block=32))
+    y = sdpa_attention(q, q, q, AttnMask(window=16, block=32))
     assert len(seen) == 1  # one batched call, no python loop over blocks
     (qs, ks), = seen
     assert qs[-2] == 32 and ks[-2] == 32 + 16 - 1 and qs[0] == 256 // 32  # query blocks folded into the batch
+    torch.testing.assert_close(y, dense_attention(q, q, q, AttnMask(window=16)), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("schedule", [dict(schedule="aggressive", attn_block=2), dict(windows=[3, 1, 0, 9], attn_block=2),
@@ -123,10 +128,11 @@ def test_banded_kernel_only_computes_reachable_keys(sdpa_calls):
 def test_fast_and_dense_model_paths_agree_with_gradients(schedule):
     idx = torch.randint(0, 37, (3, 40))
     tgt = torch.randint(0, 37, (3, 40))
+    objective = variants.get("layerwise").objective
     outs = []
     for impl in ("sdpa", "dense"):
         model = tiny(attn_impl=impl, **schedule)
-        logits, loss = model(idx, tgt)
+        logits, loss = objective.step(model, objective.prepare(model.config, idx, tgt))
         loss.backward()
         outs.append((logits, {n: p.grad.clone() for n, p in model.named_parameters()}))
     assert_same_outputs_and_grads(*outs)
@@ -147,12 +153,12 @@ def test_causal_and_window_limited_by_gradients(impl):
 def test_flops_count_only_the_window():
     full, aggressive = tiny(), tiny(windows=[0, 4, 2, 1])
     T = 40
-    attn_full = full.flops_per_token(T)["attention"]
-    attn_agg = aggressive.flops_per_token(T)["attention"]
+
+    def attention_flops(model):  # forward QK^T and AV FLOPs of one length-T sequence, all layers
+        return sum(b.attn.attention_flops(T) for b in model.transformer.h)
     per_pair = 4 * 16  # 4 * head_dim * n_head
-    assert attn_full * T == 4 * per_pair * T * (T + 1) / 2
-    assert attn_agg * T == per_pair * (T * (T + 1) / 2 + (10 + 36 * 4) + (3 + 38 * 2) + T)
-    assert full.flops_per_token(T)["matmul"] == aggressive.flops_per_token(T)["matmul"]
+    assert attention_flops(full) == 4 * per_pair * T * (T + 1) // 2
+    assert attention_flops(aggressive) == per_pair * (T * (T + 1) // 2 + (10 + 36 * 4) + (3 + 38 * 2) + T)
 
 
 @pytest.mark.parametrize("prompt_len,new", [(1, 25), (9, 20), (30, 25)])  # the last outgrows block_size=40
@@ -165,12 +171,12 @@ def test_rolling_cache_greedy_equals_uncached(prompt_len, new):
 def test_rolling_cache_keeps_only_the_window_and_matches_full_forward():
     model = tiny(windows=[4, 0, 2, 1]).eval()
     idx = torch.randint(0, 37, (2, 30))
-    full, _ = model(idx)
+    full = model(idx)
     caches = model.make_caches(2, "cpu", torch.float32)
     assert [type(c).__name__ for c in caches] == ["RollingKVCache", "KVCache", "RollingKVCache", "RollingKVCache"]
-    steps = [model(idx[:, :9], caches=caches, last_only=True)[0]]
+    steps = [model(idx[:, :9], caches=caches, last_only=True)]
     for t in range(9, 30):
-        steps.append(model(idx[:, t:t + 1], caches=caches, pos_offset=t, last_only=True)[0])
+        steps.append(model(idx[:, t:t + 1], pos=torch.tensor([t]), caches=caches, last_only=True))
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 8:], atol=1e-5, rtol=1e-4)
     assert [caches[0].len, caches[2].len, caches[3].len] == [3, 1, 0]
     assert caches[0].k.shape == (2, 2, 3, 8)
@@ -204,34 +210,40 @@ def test_finetune_init_from_hf_gpt2_applies_windows(tmp_path):
     with torch.no_grad():
         theirs = hf(idx).logits
         full = LayerwiseGPT.from_pretrained(str(tmp_path)).eval()
-        torch.testing.assert_close(full(idx)[0], theirs, atol=1e-4, rtol=1e-4)  # full schedule == GPT-2
+        assert windows_of(full) == [None] * 3
+        torch.testing.assert_close(full(idx), theirs, atol=1e-4, rtol=1e-4)  # full schedule == GPT-2
         windowed = LayerwiseGPT.from_pretrained(str(tmp_path), windows=[0, 4, 2], block_size=40).eval()
-        assert windowed.windows == [None, 4, 2] and windowed.config.block_size == 40
-        ours = windowed(idx[:, :40])[0]
+        assert windows_of(windowed) == [None, 4, 2] and windowed.config.windows == [0, 4, 2]
+        assert windowed.config.block_size == 40 and windowed.transformer.wpe.weight.shape == (40, 16)
+        ours = windowed(idx[:, :40])
+    # the same GPT-2 weights, position table cropped to block_size
+    full_sd = full.state_dict()
+    for name, tensor in windowed.state_dict().items():
+        torch.testing.assert_close(tensor, full_sd[name][:40] if name == "transformer.wpe.weight" else full_sd[name],
+                                   atol=0, rtol=0, msg=name)
     torch.testing.assert_close(ours[:, :2], theirs[:, :2], atol=1e-4, rtol=1e-4)  # windows do not bind yet
     assert (ours[:, 10:] - theirs[:, 10:40]).abs().max() > 1e-3  # they do later
+    with pytest.raises(ValueError, match="windows lists 4 layers but n_layer=3"):
+        LayerwiseGPT.from_pretrained(str(tmp_path), windows=[8, 2, 2, 2])
+    with pytest.raises(ValueError, match="exceeds the checkpoint's 48 positions"):
+        LayerwiseGPT.from_pretrained(str(tmp_path), windows=[8, 2, 2], block_size=64)
 
 
-def test_finetune_via_schedule_file_and_train(tmp_path, shakespeare_dir, capsys):
-    hf_dir, out, spec = tmp_path / "hf", tmp_path / "out", tmp_path / "sched.json"
+def test_finetune_gpt2_with_windows_through_train(tmp_path, shakespeare_dir):
+    # GPT-2's depth (12 layers), so a 12-entry windows list fits the config train.py validates before loading
+    hf_dir, out = tmp_path / "hf", tmp_path / "out"
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=64,
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=12, n_head=2, n_embd=16, n_positions=64,
                                                          vocab_size=80)).save_pretrained(hf_dir)
-    assert write_schedule_file([f"--init_from={hf_dir}", "--windows=[8, 2]", f"--out={spec}"]) == 0
-    assert "windows [8, 2]" in capsys.readouterr().out
-    assert write_schedule_file([f"--init_from={hf_dir}", f"--out={spec}"]) == 2
-    assert "exists" in capsys.readouterr().err
-    assert write_schedule_file([f"--init_from={hf_dir}", "--windows=[8, 2, 2]", f"--out={tmp_path / 'b.json'}"]) == 2
-    assert "windows lists 3 layers but n_layer=2" in capsys.readouterr().err
-    script = run(["variants/layerwise_window.py", "--n_layer=3"], check=False)  # the script entry, failing early
-    assert script.returncode == 2 and "cannot set ['n_layer'] here" in script.stderr
-    run(["train.py", "--variant=layerwise", f"--init_from={spec}", "--block_size=32", f"--out_dir={out}",
-         f"--data_dir={shakespeare_dir}", "--max_iters=2", "--eval_iters=1", "--eval_interval=2", "--batch_size=2",
-         "--warmup_iters=0", "--lr_decay_iters=10", "--learning_rate=1e-4"])
+    windows = [0] * 6 + [16, 8, 8, 4, 2, 1]
+    run(["train.py", "--variant=layerwise", f"--init_from={hf_dir}", f"--windows={windows}", "--block_size=32",
+         f"--out_dir={out}", f"--data_dir={shakespeare_dir}", "--max_iters=2", "--eval_iters=1", "--eval_interval=2",
+         "--batch_size=2", "--warmup_iters=0", "--lr_decay_iters=10", "--learning_rate=1e-4"])
     ckpt = checkpoint.load(out / "ckpt.pt")
-    model = checkpoint.build_model(ckpt)
-    assert ckpt["iter_num"] == 2 and model.windows == [8, 2] and model.config.block_size == 32
+    model = checkpoint.build_model(ckpt, variants.get)
+    assert ckpt["iter_num"] == 2 and model.config.block_size == 32
+    assert windows_of(model) == [None] * 6 + [16, 8, 8, 4, 2, 1]
 
 
 def test_checkpoint_round_trip_keeps_windows(tmp_path):
@@ -239,10 +251,10 @@ def test_checkpoint_round_trip_keeps_windows(tmp_path):
     model = tiny(schedule='{"type": "progressive", "start_layer": 1, "start_window": 16, "end_window": 2}').eval()
     path = tmp_path / "ckpt.pt"
     checkpoint.save({"variant": "layerwise", "model_args": asdict(model.config), "model": model.state_dict()}, path)
-    loaded = checkpoint.build_model(checkpoint.load(path)).eval()
-    assert loaded.windows == model.windows == [None, 8, 4, 2]
+    loaded = checkpoint.build_model(checkpoint.load(path), variants.get).eval()
+    assert windows_of(loaded) == windows_of(model) == [None, 8, 4, 2]
     idx = torch.randint(0, 37, (1, 40))
-    torch.testing.assert_close(loaded(idx)[0], model(idx)[0])
+    torch.testing.assert_close(loaded(idx), model(idx))
 
 
 def test_train_from_scratch_loss_goes_down(tmp_path, shakespeare_dir):
@@ -254,20 +266,29 @@ def test_train_from_scratch_loss_goes_down(tmp_path, shakespeare_dir):
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in evals if e["kind"] == "eval"]
     assert evals[-1]["val/loss"] < evals[0]["val/loss"] - 0.3
-    model = checkpoint.build_model(checkpoint.load(out / "ckpt.pt"))
-    assert model.windows == [None, 512, 256, 128]
+    model = checkpoint.build_model(checkpoint.load(out / "ckpt.pt"), variants.get)
+    assert windows_of(model) == [None, 512, 256, 128]
 
 
-def test_flex_block_mask_matches_dense_and_is_shared():
-    """The CUDA path's block mask, run through eager FlexAttention on CPU (forward only: no CPU backward in torch
-    2.13). The compiled CUDA kernel itself is untested here: no GPU in this project's CI."""
+def test_flex_block_mask_matches_dense_and_is_shared(monkeypatch):
+    """The CUDA path's block mask and flex_window_attention, run through eager FlexAttention on CPU (forward only: no
+    CPU backward in torch 2.13). The compiled CUDA kernel itself is not exercised on CPU."""
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
-    from variants.layerwise_window import sliding_block_mask
+    from variants import layerwise_window
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 256, 16) for _ in range(3))
-    bm = sliding_block_mask(20, 256, "cpu")
-    assert sliding_block_mask(20, 256, "cpu") is bm and sliding_block_mask(21, 256, "cpu") is not bm
+    bm = layerwise_window.sliding_block_mask(20, 256, "cpu")
+    assert layerwise_window.sliding_block_mask(20, 256, "cpu") is bm
+    assert layerwise_window.sliding_block_mask(21, 256, "cpu") is not bm
+    reference = dense_attention(q, k, v, AttnMask(window=20))
+    # the eager kernel in place of the compiled one, so the call runs on CPU without a compiler
+    monkeypatch.setitem(layerwise_window._FLEX, "kernel", flex.flex_attention)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "flex_attention called without torch.compile": fine for a reference
         y = flex.flex_attention(q, k, v, block_mask=bm)
-    torch.testing.assert_close(y, dense_attention(q, k, v, AttnMask(window=20)), atol=1e-5, rtol=1e-4)
+        y_fn = layerwise_window.flex_window_attention(q, k, v, 20)
+        y_scaled = layerwise_window.flex_window_attention(q, k, v, 20, scale=0.5)
+    torch.testing.assert_close(y, reference, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(y_fn, reference, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(y_scaled, dense_attention(q, k, v, AttnMask(window=20), scale=0.5), atol=1e-5,
+                               rtol=1e-4)

@@ -6,9 +6,8 @@ import torch
 
 import checkpoint
 import configurator
-import variants  # noqa: F401
+import variants
 from conftest import REPO, assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, future_gradient
-from model import get_variant
 from variants.char_gpt import CharGPT, CharGPTConfig
 from variants.llama import Llama, LlamaConfig
 
@@ -37,7 +36,7 @@ def test_parity_with_transformers_llama(tmp_path, n_kv_head):
     assert ours.config.kv_heads() == n_kv_head and ours.config.hidden() == 48
     idx = torch.randint(0, 50, (2, 20))
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-4, rtol=0)
     # a cropped context loads too
     assert Llama.from_pretrained(str(tmp_path), block_size=16).config.block_size == 16
 
@@ -53,10 +52,11 @@ def test_causal_by_gradients(impl):
 
 def test_sdpa_and_dense_paths_agree_with_gradients():
     idx, tgt = torch.randint(0, 50, (3, 20)), torch.randint(0, 50, (3, 20))
+    objective = variants.get("llama").objective
     outs = []
     for impl in ("sdpa", "dense"):
         model = tiny(attn_impl=impl)
-        logits, loss = model(idx, tgt)
+        logits, loss = objective.step(model, objective.prepare(model.config, idx, tgt))
         loss.backward()
         outs.append((logits, {n: p.grad for n, p in model.named_parameters()}))
     assert_same_outputs_and_grads(*outs)
@@ -67,10 +67,10 @@ def test_gqa_cache_holds_kv_heads_and_uses_absolute_rotary_offsets():
     caches = model.make_caches(2, "cpu", torch.float32)
     assert caches[0].k.shape == (2, 2, 24, 8)  # n_kv_head = 2 heads cached, not 4
     idx = torch.randint(0, 50, (2, 12))
-    full = model(idx)[0]
-    steps = [model(idx[:, :5], caches=caches, last_only=True)[0]]
-    for t in range(5, 12):  # each new token is rotated by its absolute position t (the seed's bug used 0)
-        steps.append(model(idx[:, t:t + 1], caches=caches, pos_offset=t, last_only=True)[0])
+    full = model(idx)
+    steps = [model(idx[:, :5], caches=caches, last_only=True)]
+    for t in range(5, 12):  # each new token is rotated by its absolute position t, not by 0
+        steps.append(model(idx[:, t:t + 1], pos=torch.tensor([t]), caches=caches, last_only=True))
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 4:], atol=1e-5, rtol=1e-4)
 
 
@@ -90,8 +90,8 @@ def test_structure_follows_the_paper():
     # relative positions only: shifting the whole sequence by p rotates q and k alike, so logits are unchanged
     idx = torch.randint(0, 50, (1, 10))
     with torch.no_grad():
-        a = model(idx)[0]
-        b = model(idx, pos_offset=7)[0]
+        a = model(idx)
+        b = model(idx, pos=torch.arange(7, 17))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -125,7 +125,7 @@ def test_train_checkpoint_and_sample(shakespeare_dir, tmp_path, capsys):
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert evals[-1]["val/loss"] < evals[0]["val/loss"] - 0.3
     ckpt = checkpoint.load(out / "ckpt.pt")
-    model = checkpoint.build_model(ckpt)
+    model = checkpoint.build_model(ckpt, variants.get)
     assert isinstance(model, Llama) and model.config.n_kv_head == 2
     capsys.readouterr()
     sample.main([f"--out_dir={out}", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=20", "--temperature=0"])
@@ -141,7 +141,7 @@ def test_char_gpt_matches_the_lecture_model():
     # gpt.py prints 10.788929 M parameters (token + position embeddings, 6 blocks, ln_f, biased lm_head)
     assert model.num_params(non_embedding=False) == 10_788_929
     assert model.lm_head.bias is not None and model.lm_head.weight is not model.transformer.wte.weight
-    assert isinstance(model.transformer.h[0].mlp.gelu, torch.nn.ReLU)
+    assert isinstance(model.transformer.h[0].mlp.act, torch.nn.ReLU)
     assert model.transformer.h[0].attn.c_attn.bias is None  # Head: key/query/value without bias
     small = CharGPT(CharGPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, dropout=0.0))
     future, past = future_gradient(small, torch.randint(0, 65, (2, 8)), 3)
@@ -152,4 +152,4 @@ def test_char_gpt_matches_the_lecture_model():
 def test_char_gpt_configs(name, block, batch):
     values = configurator.parse_args([str(REPO / f"config/shakespeare_char_gpt_{name}.py")])
     assert values["variant"] == "char_gpt" and values["block_size"] == block and values["batch_size"] == batch
-    assert get_variant("char_gpt") is CharGPT
+    assert variants.get("char_gpt").model_class is CharGPT

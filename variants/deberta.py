@@ -123,9 +123,10 @@ class Deberta(Encoder):
         super().__init__(config)
         self.transformer.rel = nn.Embedding(2 * config.rel_span(), config.n_embd)
         self._init_weights(self.transformer.rel)
-        if config.emd:  # the absolute positions of the Enhanced Mask Decoder (never added at the input)
-            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
-            self._init_weights(self.transformer.wpe)
+
+    def position_table(self, config):
+        # the absolute positions of the Enhanced Mask Decoder (never added at the input)
+        return nn.Embedding(config.block_size, config.n_embd) if config.emd else None
 
     def run_blocks(self, x, pos, mask=None):
         mask, blocks = RelMask(causal=False, bias=None if mask is None else mask.bias,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from attention import AttnMask
 from model import GPT, MLP, Block, CausalSelfAttention, GPTConfig
@@ -70,6 +71,13 @@ class EncoderNorm(nn.LayerNorm):
 class PostLNBlock(Block):
     """The original Transformer/BERT residual order: normalise after adding the sub-layer output."""
 
+    def __init__(self, config, layer_idx, attention, mlp, norm):
+        nn.Module.__init__(self)  # the parts in the order they compute
+        self.attn = attention(config, layer_idx)
+        self.ln_1 = norm(config)
+        self.mlp = mlp(config)
+        self.ln_2 = norm(config)
+
     def forward(self, x, pos, cache=None, mask=None):
         x = self.ln_1(x + self.attn(x, pos, None, mask))
         return self.ln_2(x + self.mlp(x))
@@ -93,33 +101,29 @@ class Encoder(nn.Module):
         E, H = c.emb_dim(), c.n_embd
         t = self.transformer = nn.ModuleDict()
         t.wte = nn.Embedding(c.vocab_size, E)
-        if self.input_positions:
-            t.wpe = nn.Embedding(c.block_size, E)
+        t.drop = nn.Dropout(c.dropout)
+        t.h = nn.ModuleList([self.Block(c, i, self.Attention, EncoderMLP, EncoderNorm)
+                             for i in range(1 if self.shared_layers else c.n_layer)])
+        wpe = self.position_table(c)
+        if wpe is not None:
+            t.wpe = wpe
+        if E != H:
+            t.emb_proj = nn.Linear(E, H)
         if c.type_vocab_size:
             t.wtt = nn.Embedding(c.type_vocab_size, E)
         t.ln_emb = nn.LayerNorm(E, eps=c.layer_norm_eps)
-        t.drop = nn.Dropout(c.dropout)
-        if E != H:
-            t.emb_proj = nn.Linear(E, H)
-        t.h = nn.ModuleList([self.Block(c, i, self.Attention, EncoderMLP, EncoderNorm)
-                             for i in range(1 if self.shared_layers else c.n_layer)])
         self.mlm_dense = nn.Linear(H, E)
         self.mlm_act = nn.GELU(approximate="tanh" if c.hidden_act == "gelu_tanh" else "none")
         self.mlm_ln = nn.LayerNorm(E, eps=c.layer_norm_eps)
-        self.mlm_decoder = nn.Linear(E, c.vocab_size)
-        self.mlm_decoder.weight = t.wte.weight  # tied to the word embeddings
+        self.mlm_bias = nn.Parameter(torch.zeros(c.vocab_size))  # the decoder's weight is the word embeddings'
         if c.pair_task != "none":
             self.pooler = nn.Linear(H, H)
             self.pair_head = nn.Linear(H, 2)
         self.apply(self._init_weights)
-        self._register_load_state_dict_pre_hook(self._decoder_keys)
 
-    @staticmethod
-    def _decoder_keys(state_dict, prefix, *args):
-        """Format-1 checkpoints store the decoder bias as mlm_bias and no decoder weight (it is the embedding's)."""
-        if prefix + "mlm_bias" in state_dict:
-            state_dict[prefix + "mlm_decoder.bias"] = state_dict.pop(prefix + "mlm_bias")
-            state_dict.setdefault(prefix + "mlm_decoder.weight", state_dict[prefix + "transformer.wte.weight"])
+    def position_table(self, config):
+        """Learned absolute positions, added at the input when input_positions (DeBERTa: its mask decoder's)."""
+        return nn.Embedding(config.block_size, config.emb_dim())
 
     def embed(self, idx, pos, token_types=None):
         t = self.transformer
@@ -150,8 +154,8 @@ class Encoder(nn.Module):
             bias = torch.zeros(pad.shape, dtype=x.dtype, device=x.device).masked_fill(pad, torch.finfo(x.dtype).min)
             mask = AttnMask(causal=False, bias=bias)
         h = self.run_blocks(x, pos, mask)
-        logits = {"mlm": self.mlm_decoder(self.mlm_ln(self.mlm_act(self.mlm_dense(h if predict is None
-                                                                                  else h[predict]))))}
+        h_mlm = self.mlm_ln(self.mlm_act(self.mlm_dense(h if predict is None else h[predict])))
+        logits = {"mlm": F.linear(h_mlm, self.transformer.wte.weight, self.mlm_bias)}
         if self.config.pair_task != "none":
             logits["pair"] = self.pair_head(torch.tanh(self.pooler(h[:, 0])))
         return logits

@@ -194,7 +194,7 @@ def record(name, data_dir, tmp):
 def checkpoint_outputs(ckpt, data_dir):
     """Outputs of the model a checkpoint rebuilds into (weights, config and variant as saved)."""
     import checkpoint
-    model = checkpoint.build_model(ckpt, "golden checkpoint", dropout=0.0).eval()
+    model = checkpoint.build_model(ckpt, variants.get, "golden checkpoint", dropout=0.0).eval()
     x, y = fixed_batch(data_dir)
     with torch.no_grad():
         logits, loss, metrics = batch_outputs(model, training_batch(model, x, y))
