@@ -12,9 +12,9 @@ against the causal triangle T(T+1)/2, the average attended span (allowed keys pe
 ("memory reduction"); overall = sum over layers. Writes analysis.json, analysis.md, entropy.png (per-layer entropy,
 one curve per checkpoint) and heatmaps/<label>_layer<l>.png (head-averaged weights of the first sequence, cropped).
 
-How the weights are obtained, for every variant alike: forward pre-hooks on each CausalSelfAttention capture the
-inputs it really gets (x, pos, cache, mask) during a normal forward pass; each module's attention_weights(x, pos,
-mask) then recomputes its probabilities with the dense reference kernel, one layer at a time.
+How the weights are obtained, for every variant alike: during one forward pass of the objective's batch, every
+attention call's kernel is the dense reference, which returns the probabilities (with the call's real q, k, v, mask
+and scale), in call order.
 """
 import json
 import sys
@@ -26,8 +26,10 @@ import torch
 
 import checkpoint
 import configurator
+import variants
+from attention import dense_attention
 from data.common import DataError, load_meta, open_split
-from model import CausalSelfAttention
+from flops import attention_modules
 
 
 @dataclass
@@ -44,35 +46,32 @@ class AnalysisConfig:
     seed: int = 0
 
 
-def capture_attention_inputs(model, idx, **batch):
-    """Run a forward pass and return [(module, (x, pos, cache, mask))] for every attention call, in call order."""
-    calls, handles = [], []
+def attention_calls(model, run):
+    """Run run() (a forward pass) with every attention call on the dense reference kernel, and return
+    [(probabilities (B, H, Tq, Tk), the call's AttnMask)] in call order."""
+    calls, modules = [], attention_modules(model)
 
-    def grab(module, args, kwargs):
-        names = ("x", "pos", "cache", "mask")
-        bound = dict(zip(names, args), **kwargs)
-        calls.append((module, tuple(bound.get(n) for n in names)))
+    def recording(q, k, v, mask, dropout_p=0.0, scale=None):
+        y, weights = dense_attention(q, k, v, mask, dropout_p, scale, return_weights=True)
+        calls.append((weights, mask))
+        return y
 
-    for m in model.modules():
-        if isinstance(m, CausalSelfAttention):
-            handles.append(m.register_forward_pre_hook(grab, with_kwargs=True))
+    kernels = [m.kernel for m in modules]
     try:
+        for m in modules:
+            m.kernel = recording
         with torch.no_grad():
-            model(idx, **batch)
+            run()
     finally:
-        for h in handles:
-            h.remove()
+        for m, kernel in zip(modules, kernels):
+            m.kernel = kernel
     return calls
 
 
-def allowed_pairs(module, mask, Tq, Tk, device):
-    """Bool (Tq, Tk) of the pairs the layer's mask allows (averaged over any leading batch dims as 'any')."""
-    mask = module.mask(Tq, Tk, 0) if mask is None else mask
+def allowed_pairs(mask, Tq, Tk, device):
+    """Bool (Tq, Tk) of the pairs a mask allows."""
     keep = mask.dense_allowed(Tq, Tk, device)
-    if keep is None:
-        return torch.ones(Tq, Tk, dtype=torch.bool, device=device)
-    keep = keep.expand(*keep.shape[:-2], Tq, Tk)
-    return keep.reshape(-1, Tq, Tk).any(0) if keep.dim() > 2 else keep
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device) if keep is None else keep
 
 
 def layer_stats(weights, keep):
@@ -99,23 +98,22 @@ def layer_stats(weights, keep):
     }
 
 
-def analyse(model, idx, crop=0, **batch):
-    """Per-layer statistics (list of dicts, in call order) and cropped head-averaged weights of sequence 0."""
+def analyse(model, run, crop=0):
+    """Per-layer statistics (list of dicts, in call order) and cropped head-averaged weights of sequence 0, from
+    the attention calls of the forward pass run()."""
     model.eval()
     layers, maps = [], []
-    for module, (x, pos, cache, mask) in capture_attention_inputs(model, idx, **batch):
-        with torch.no_grad():
-            weights = module.attention_weights(x, pos, mask)
-        keep = allowed_pairs(module, mask, weights.size(-2), weights.size(-1), weights.device).cpu()
+    for weights, mask in attention_calls(model, run):
+        keep = allowed_pairs(mask, weights.size(-2), weights.size(-1), weights.device).cpu()
         stats = layer_stats(weights.cpu(), keep)
         stats["entropy"] = float(np.mean(stats["entropy_per_head"]))
         stats["below_0.01_allowed"] = float(np.mean(stats["below_0.01_allowed_per_head"]))
         stats["below_0.01_all"] = float(np.mean(stats["below_0.01_all_per_head"]))
         stats["mean_distance"] = float(np.mean(stats["mean_distance_per_head"]))
+        stats["reach"] = mask.reach()  # farthest distance the mask lets a query see (+1), None = unlimited
         layers.append(stats)
         if crop:
             maps.append(weights[0].float().mean(0)[:crop, :crop].cpu().numpy())
-        del weights
     overall = {"attended": sum(s["attended"] for s in layers), "total": sum(s["total"] for s in layers),
                "causal_total": sum(s["causal_total"] for s in layers)}
     overall.update(sparsity_vs_T2=1 - overall["attended"] / overall["total"],
@@ -187,9 +185,51 @@ def markdown(reports):
     return "\n".join(lines)
 
 
+def load(paths, cfg):
+    """[(checkpoint, model, objective, (x, y) eval batch)] for each checkpoint path."""
+    loaded = []
+    for path in paths:
+        ckpt = checkpoint.load(path)
+        model = checkpoint.build_model(ckpt, variants.get, path)
+        data_dir = cfg.data_dir or (ckpt.get("config") or {}).get("data_dir", "")
+        if not data_dir:
+            raise configurator.ConfigError("the checkpoint records no data_dir; pass --data_dir")
+        T = cfg.seq_len or model.config.block_size
+        if T > model.config.block_size:
+            raise configurator.ConfigError(f"seq_len={T} exceeds the model's block_size {model.config.block_size}")
+        xy = eval_batch(data_dir, cfg.split, load_meta(data_dir), cfg.batch_size, T, cfg.seed)
+        loaded.append((ckpt, model, variants.get(ckpt["variant"]).objective, xy))
+    return loaded
+
+
+def run(paths, labels, cfg, command):
+    """Analyse each checkpoint on its eval batch; write analysis.json/.md, entropy.png and heatmaps to cfg.out_dir."""
+    loaded = load(paths, cfg)
+    out = Path(cfg.out_dir)
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    reports = {}
+    for label, (ckpt, model, objective, (x, y)) in zip(labels, loaded):
+        model.to(device)
+        batch = objective.prepare(model.config, x.to(device), y.to(device),
+                                  generator=torch.Generator().manual_seed(cfg.seed))
+        rep, maps = analyse(model, lambda: objective.logits(model, batch), crop=cfg.crop)
+        rep.update(variant=ckpt["variant"], T=batch.idx.size(1), sequences=batch.idx.size(0))
+        reports[label] = rep
+        for l, w in enumerate(maps):
+            plot_heatmap(w, f"{label} layer {l} (head mean)", out / "heatmaps" / f"{label}_layer{l}.png")
+        print(f"{label}: entropy per layer " + " ".join(f"{s['entropy']:.2f}" for s in rep["layers"]))
+    plot_entropy(reports, out / "entropy.png")
+    table = markdown(reports)
+    (out / "analysis.json").write_text(json.dumps({"config": asdict(cfg), "reports": reports}, indent=1) + "\n")
+    (out / "analysis.md").write_text(f"`{command}`\n\n{table}\n")
+    print(table)
+    print(f"wrote {out / 'analysis.json'}, {out / 'analysis.md'}, {out / 'entropy.png'}, {out / 'heatmaps'}/")
+
+
 def main(argv):
     try:
-        cfg, _, _ = configurator.resolve(argv, AnalysisConfig, model=False)
+        cfg, _, _ = configurator.resolve(argv, AnalysisConfig)
         paths = [Path(p) for p in cfg.ckpt.split(",") if p]
         if not paths:
             raise configurator.ConfigError("give --ckpt=PATH[,PATH...] (a checkpoint file or its out_dir)")
@@ -199,43 +239,10 @@ def main(argv):
             raise configurator.ConfigError(f"need one distinct label per checkpoint, got {labels}")
         if cfg.batch_size < 1 or cfg.seq_len < 0 or cfg.crop < 0:
             raise configurator.ConfigError("batch_size must be >= 1, seq_len and crop >= 0")
-        ckpts = [checkpoint.load(p) for p in paths]
-        models = [checkpoint.build_model(c, p) for c, p in zip(ckpts, paths)]
-        batches = []
-        for c, m in zip(ckpts, models):
-            data_dir = cfg.data_dir or (c.get("config") or {}).get("data_dir", "")
-            if not data_dir:
-                raise configurator.ConfigError("the checkpoint records no data_dir; pass --data_dir")
-            meta = load_meta(data_dir)
-            T = cfg.seq_len or m.config.block_size
-            if T > m.config.block_size:
-                raise configurator.ConfigError(f"seq_len={T} exceeds the model's block_size {m.config.block_size}")
-            batches.append(eval_batch(data_dir, cfg.split, meta, cfg.batch_size, T, cfg.seed))
+        run(paths, labels, cfg, "python analysis.py " + " ".join(argv))
     except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    out = Path(cfg.out_dir)
-    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
-    reports = {}
-    for label, ckpt, model, (x, y) in zip(labels, ckpts, models, batches):
-        model.to(device)
-        batch = model.prepare_batch(x.to(device), y.to(device), generator=torch.Generator().manual_seed(cfg.seed))
-        idx = batch.pop("idx")
-        batch.pop("targets", None)
-        rep, maps = analyse(model, idx, crop=cfg.crop, **batch)
-        rep.update(variant=ckpt["variant"], T=idx.size(1), sequences=idx.size(0),
-                   windows=[getattr(m, "window", None) for m in model.modules() if isinstance(m, CausalSelfAttention)])
-        reports[label] = rep
-        for l, w in enumerate(maps):
-            plot_heatmap(w, f"{label} layer {l} (head mean)", out / "heatmaps" / f"{label}_layer{l}.png")
-        print(f"{label}: entropy per layer " + " ".join(f"{s['entropy']:.2f}" for s in rep["layers"]))
-    plot_entropy(reports, out / "entropy.png")
-    table = markdown(reports)
-    (out / "analysis.json").write_text(json.dumps({"config": asdict(cfg), "reports": reports}, indent=1) + "\n")
-    (out / "analysis.md").write_text(f"`python analysis.py {' '.join(argv)}`\n\n{table}\n")
-    print(table)
-    print(f"wrote {out / 'analysis.json'}, {out / 'analysis.md'}, {out / 'entropy.png'}, {out / 'heatmaps'}/")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import configurator
-from model import VARIANTS, CausalSelfAttention, get_variant, share_kv_heads
+import flops
+import runtime
+import variants
+from attention import share_kv_heads
 
 
 @dataclass
@@ -104,32 +105,10 @@ class PeakMemory:
             self.peak = next((int(l.split()[1]) * 1024 for l in lines if l.startswith("VmHWM:")), None)
 
 
-def attention_modules(model):
-    return [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-
-
-def linear_flops(module):
-    return sum(2 * m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
-
-
-def attention_flops_per_token(attn, T):
-    return linear_flops(attn) + attn.attention_flops(T) / T
-
-
-def counted_flops_per_token(dense_model, idx):
-    """Forward FLOPs per token torch's FlopCounterMode sees on a model built with the dense reference path (it does
-    not count CPU SDPA), with the analytic count for that path (every (query, key) pair of every layer computed)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        dense_model(idx)
-    T = idx.size(1)
-    dense = sum(m.attention_flops(T, pairs=T * T) for m in attention_modules(dense_model)) / T  # every pair
-    return counter.get_total_flops() / idx.numel(), dense_model.flops_per_token(T)["matmul"] + dense
-
-
 def parse_entries(spec):
     """[(label, variant name, {model fields})] from 'gpt,config/bench/x.py,...' or 'all'."""
     if spec == "all":
-        return [(name, name, {}) for name in sorted(VARIANTS)]
+        return [(name, name, {}) for name in variants.names()]
     entries = []
     for item in filter(None, spec.split(",")):
         if item.endswith(".py"):
@@ -141,25 +120,25 @@ def parse_entries(spec):
         else:
             entries.append((item, item, {}))
     for label, name, _ in entries:
-        get_variant(name)
+        variants.get(name)
     if len({label for label, _, _ in entries}) != len(entries):
         raise configurator.ConfigError("bench entries need distinct labels")
     return entries
 
 
 def build(name, fields, shape, device):
-    cls = get_variant(name)
+    spec = variants.get(name)
     values = {**shape, **fields}
-    unknown = set(values) - set(cls.config_class.__dataclass_fields__)
+    unknown = set(values) - set(spec.config_class.__dataclass_fields__)
     if unknown:
         raise configurator.ConfigError(f"variant {name!r} has no config field(s) {', '.join(sorted(unknown))}")
-    config = cls.config_class(**values)
+    config = spec.config_class(**values)
     try:
         config.validate()
     except ValueError as e:
         raise configurator.ConfigError(f"{name}: {e}") from None
     torch.manual_seed(0)
-    return cls(config).to(device)
+    return spec.build(config).to(device)
 
 
 def summarize(times):
@@ -179,35 +158,37 @@ def make_run(label, name, mode, model, cfg, T, device, autocast):
     gen = torch.Generator(device="cpu").manual_seed(T)
     leaves = ()  # non-parameter tensors that receive gradients
     if cfg.component == "kernel":  # softmax(q k^T + mask) v alone, on the first layer's real q, k, v and mask
-        attn = attention_modules(model)[0]
+        attn = flops.attention_modules(model)[0]
         x = torch.randn(B, T, model.config.n_embd, generator=gen).to(device)
         with torch.no_grad():
             q, k, v = attn.qkv(x, torch.arange(T, device=device))
             k, v = share_kv_heads(k, q.size(1)), share_kv_heads(v, q.size(1))
         q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
         kernel = torch.compile(attn.kernel) if mode == "compile" else attn.kernel
-        flops = 4 * attn.head_dim * attn.n_head * attn.attended_entries(T) / T  # one kernel call: QK^T and AV
+        flop_count = attn.attention_flops(T) / T  # one kernel call: QK^T and AV
         fwd_only = lambda rows=slice(None): kernel(q[rows], k[rows], v[rows], attn.mask(T, T, 0))
         loss_of = lambda: fwd_only().float().pow(2).mean()
         latency_input, leaves = slice(0, 1), (q, k, v)
     elif cfg.component == "attention":
-        attn = attention_modules(model)[0]
+        attn = flops.attention_modules(model)[0]
         fn = torch.compile(attn) if mode == "compile" else attn
         x = torch.randn(B, T, model.config.n_embd, generator=gen).to(device)
         pos = torch.arange(T, device=device)
-        flops = attention_flops_per_token(attn, T)
+        flop_count = flops.layer_flops_per_token(attn, T)
         fwd_only = lambda inp=x: fn(inp, pos)
         loss_of = lambda: fn(x.requires_grad_(), pos).float().pow(2).mean()
         latency_input = x[:1]
     else:
+        objective = variants.get(name).objective
         fn = torch.compile(model) if mode == "compile" else model
         x = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
         y = torch.randint(0, model.config.vocab_size, (B, T), generator=gen).to(device)
-        flops = model.flops_per_token(T, training=True)["total"]
-        # a real training batch of the variant (duo interleaving, MLM masking, sentence pairs...)
-        batch = model.prepare_batch(x, y, generator=torch.Generator(device=device).manual_seed(T))
-        fwd_only = lambda inp=None: fn(**batch) if inp is None else fn(inp)  # inference latency: plain tokens
-        loss_of = lambda: fn(**batch)[1]
+        # a real training batch of the variant (duo interleaving, MLM masking, sentence pairs...), and the FLOPs
+        # of exactly that forward pass
+        batch = objective.prepare(model.config, x, y, generator=torch.Generator(device=device).manual_seed(T))
+        flop_count = flops.count(model, lambda: objective.logits(model, batch), B * T)["total"]
+        fwd_only = lambda inp=None: objective.logits(fn, batch) if inp is None else fn(inp)  # latency: plain tokens
+        loss_of = lambda: objective.step(fn, batch, model)[1]
         latency_input = x[:1]
 
     def fwd():
@@ -226,7 +207,7 @@ def make_run(label, name, mode, model, cfg, T, device, autocast):
         with torch.no_grad(), autocast:
             fwd_only(latency_input)
 
-    return {"label": label, "variant": name, "mode": mode, "T": T, "model": model, "flops_per_token": flops,
+    return {"label": label, "variant": name, "mode": mode, "T": T, "model": model, "flops_per_token": flop_count,
             "fwd": fwd, "fwd_bwd": fwd_bwd, "latency": latency, "t_fwd": [], "t_fwd_bwd": [], "t_latency": []}
 
 
@@ -258,9 +239,10 @@ def plot(results, seq_lens, baseline, out):
     fig.savefig(out / "bench.png", dpi=120)
 
 
-def main(argv):
+def read_config(argv):
+    """(config, entries, modes, seq_lens, baseline label, device, dtype, shared shape, {label: model}), all checked."""
     try:
-        cfg, _, _ = configurator.resolve(argv, BenchConfig, model=False)
+        cfg, _, _ = configurator.resolve(argv, BenchConfig)
         entries = parse_entries(cfg.variants)
         modes = cfg.modes.split(",")
         if not entries or any(m not in ("eager", "compile") for m in modes):
@@ -274,89 +256,90 @@ def main(argv):
         baseline = cfg.baseline or entries[0][0]
         if baseline not in [label for label, _, _ in entries]:
             raise configurator.ConfigError(f"baseline {baseline!r} is not one of the entries")
-        device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = getattr(torch, cfg.dtype if cfg.dtype != "auto" else
-                        ("bfloat16" if device.type == "cuda" else "float32"))
+        device, dtype = runtime.resolve(cfg.device, cfg.dtype)
         shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=max(seq_lens),
                      vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
         models = {label: build(name, fields, shape, device) for label, name, fields in entries}
     except (configurator.ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    # the machine's speed drifts (clocks, neighbours): the peak is read again in every timing round, and MFU divides
-    # by the median of all readings, so numerator and denominator see the same stretch of machine
-    peaks = [measure_peak_flops(device, dtype)]
-    print(f"device {device}, {dtype}, {torch.get_num_threads()} threads; measured matmul peak "
-          f"{peaks[0] / 1e9:.1f} GFLOP/s; shape {shape}, batch {cfg.batch_size}, component {cfg.component}")
+    return cfg, entries, modes, seq_lens, baseline, device, dtype, shape, models
 
-    gen = {}  # first, on the fresh eager models, before any compilation runs in this process
-    if cfg.gen_tokens and cfg.component == "model":
-        for label, model in models.items():
-            if not model.is_causal:
-                continue
-            n = min(cfg.gen_tokens, model.config.block_size - 1)
-            prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
-            model.eval()
-            outs, secs = {}, {True: [], False: []}
-            with autocast:
-                for use_cache in (True, False):  # warm up both paths (allocator, caches) on a short run
-                    model.generate(prompt, min(n, 8), temperature=0, use_cache=use_cache)
-                for _ in range(cfg.gen_reps):  # interleaved, as the timings below
-                    for use_cache in (True, False):
-                        t = time.perf_counter()
-                        outs[use_cache] = model.generate(prompt, n, temperature=0, use_cache=use_cache)
-                        sync(device)
-                        secs[use_cache].append(time.perf_counter() - t)
-            model.train()
-            cached, uncached = statistics.median(secs[True]), statistics.median(secs[False])
-            gen[label] = {"new_tokens": n, "reps": cfg.gen_reps, "cached_s": cached, "uncached_s": uncached,
-                          "speedup": uncached / cached, "identical": bool(torch.equal(outs[True], outs[False]))}
 
-    results = []
-    for T in seq_lens:
-        runs = [make_run(label, name, mode, models[label], cfg, T, device, autocast)
-                for label, name, _ in entries for mode in modes]
-        for run in runs:  # warm up (and compile), recording peak memory of the training step
-            with PeakMemory(device) as mem:
-                for _ in range(cfg.warmup):
-                    run["fwd_bwd"]()
-            run["fwd"]()
-            run["latency"]()
-            run["peak_memory_bytes"] = mem.peak
-        for _ in range(cfg.reps):  # interleaved: every entry sees the same stretch of machine noise
-            peaks.append(measure_peak_flops(device, dtype))
-            for run in runs:
-                run["t_fwd"].append(timed(run["fwd"], device))
-                run["t_fwd_bwd"].append(timed(run["fwd_bwd"], device))
-        for _ in range(cfg.latency_reps):
-            for run in runs:
-                run["t_latency"].append(timed(run["latency"], device))
-        base = {r["mode"]: r for r in runs if r["label"] == baseline}
+def time_generation(models, entries, cfg, device, autocast):
+    """Cached vs uncached greedy generation of every causal entry, timed after a warm-up, interleaved reps."""
+    gen = {}
+    for label, name, _ in entries:
+        model = models[label]
+        if not variants.get(name).objective.causal:
+            continue
+        n = min(cfg.gen_tokens, model.config.block_size - 1)
+        prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
+        model.eval()
+        outs, secs = {}, {True: [], False: []}
+        with autocast:
+            for use_cache in (True, False):  # warm up both paths (allocator, caches) on a short run
+                model.generate(prompt, min(n, 8), temperature=0, use_cache=use_cache)
+            for _ in range(cfg.gen_reps):  # interleaved, as the timings below
+                for use_cache in (True, False):
+                    t = time.perf_counter()
+                    outs[use_cache] = model.generate(prompt, n, temperature=0, use_cache=use_cache)
+                    sync(device)
+                    secs[use_cache].append(time.perf_counter() - t)
+        model.train()
+        cached, uncached = statistics.median(secs[True]), statistics.median(secs[False])
+        gen[label] = {"new_tokens": n, "reps": cfg.gen_reps, "cached_s": cached, "uncached_s": uncached,
+                      "speedup": uncached / cached, "identical": bool(torch.equal(outs[True], outs[False]))}
+    return gen
+
+
+def time_length(T, entries, modes, models, cfg, device, dtype, autocast, baseline, peaks):
+    """Result rows of every entry and mode at sequence length T, timed interleaved; appends peak readings."""
+    runs = [make_run(label, name, mode, models[label], cfg, T, device, autocast)
+            for label, name, _ in entries for mode in modes]
+    for run in runs:  # warm up (and compile), recording peak memory of the training step
+        with PeakMemory(device) as mem:
+            for _ in range(cfg.warmup):
+                run["fwd_bwd"]()
+        run["fwd"]()
+        run["latency"]()
+        run["peak_memory_bytes"] = mem.peak
+    for _ in range(cfg.reps):  # interleaved: every entry sees the same stretch of machine noise
+        peaks.append(measure_peak_flops(device, dtype))
         for run in runs:
-            fb = summarize(run["t_fwd_bwd"])
-            ref = base[run["mode"]]
-            results.append({
-                "label": run["label"], "variant": run["variant"], "mode": run["mode"], "T": T,
-                "params": run["model"].num_params(), "flops_per_token": run["flops_per_token"],
-                "fwd_s": summarize(run["t_fwd"]), "fwd_bwd_s": fb, "latency_s": percentiles(run["t_latency"]),
-                "tokens_per_s": cfg.batch_size * T / fb["median"],
-                "peak_memory_bytes": run["peak_memory_bytes"],
-                "speedup": {"ideal": ref["flops_per_token"] / run["flops_per_token"],
-                            "measured": statistics.median(ref["t_fwd_bwd"]) / fb["median"]}})
-            print(f"T={T} {run['label']} ({run['mode']}): fwd+bwd {fb['median'] * 1e3:.1f} ms")
+            run["t_fwd"].append(timed(run["fwd"], device))
+            run["t_fwd_bwd"].append(timed(run["fwd_bwd"], device))
+    for _ in range(cfg.latency_reps):
+        for run in runs:
+            run["t_latency"].append(timed(run["latency"], device))
+    base = {r["mode"]: r for r in runs if r["label"] == baseline}
+    results = []
+    for run in runs:
+        fb = summarize(run["t_fwd_bwd"])
+        ref = base[run["mode"]]
+        results.append({
+            "label": run["label"], "variant": run["variant"], "mode": run["mode"], "T": T,
+            "params": run["model"].num_params(), "flops_per_token": run["flops_per_token"],
+            "fwd_s": summarize(run["t_fwd"]), "fwd_bwd_s": fb, "latency_s": percentiles(run["t_latency"]),
+            "tokens_per_s": cfg.batch_size * T / fb["median"], "peak_memory_bytes": run["peak_memory_bytes"],
+            "speedup": {"ideal": ref["flops_per_token"] / run["flops_per_token"],
+                        "measured": statistics.median(ref["t_fwd_bwd"]) / fb["median"]}})
+        print(f"T={T} {run['label']} ({run['mode']}): fwd+bwd {fb['median'] * 1e3:.1f} ms")
+    return results
 
-    peaks.append(measure_peak_flops(device, dtype))
-    peak = statistics.median(peaks)
-    for r in results:
-        r["mfu"] = 3 * r["flops_per_token"] * cfg.batch_size * r["T"] / r["fwd_bwd_s"]["median"] / peak
-    flop_checks = {}
-    for label, name, fields in entries:  # a twin on the dense path: the timed models keep their own kernels
+
+def flop_counter_checks(entries, shape, T, device):
+    """FlopCounterMode against the analytic count for every entry, on a dense-path twin of its model (batch 1)."""
+    checks = {}
+    for label, name, fields in entries:
         model = build(name, {**fields, "attn_impl": "dense"}, shape, device)
-        idx = torch.randint(0, model.config.vocab_size, (1, min(seq_lens)), device=device)
-        counted, analytic = counted_flops_per_token(model, idx)
-        flop_checks[label] = {"T": idx.size(1), "counted": counted, "analytic": analytic}
+        idx = torch.randint(0, model.config.vocab_size, (1, T), device=device)
+        counted, analytic = flops.counter_check(model, lambda: model(idx), T)
+        checks[label] = {"T": T, "counted": counted, "analytic": analytic}
+    return checks
 
+
+def markdown_table(results, flop_checks, gen, baseline, cfg):
     head = (f"| entry | mode | T | params | GFLOP/token fwd | fwd ms | fwd+bwd ms (IQR) | tokens/s | MFU "
             f"| latency p50/p95/p99 ms (batch 1) | peak mem MB | speedup vs {baseline}: ideal / measured |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -368,14 +351,35 @@ def main(argv):
             f"| {r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% "
             f"| {lat['p50'] * 1e3:.1f} / {lat['p95'] * 1e3:.1f} / {lat['p99'] * 1e3:.1f} "
             f"| {(r['peak_memory_bytes'] or 0) / 2**20:.0f} | {r['speedup']['ideal']:.2f}x / {r['speedup']['measured']:.2f}x |")
-    lines += ["", "| entry | FlopCounterMode / analytic FLOPs (dense reference path, T=%d) |" % min(seq_lens), "|---|---|"]
+    T = next(iter(flop_checks.values()))["T"]
+    lines += ["", f"| entry | FlopCounterMode / analytic FLOPs (dense reference path, T={T}) |", "|---|---|"]
     lines += [f"| {label} | {c['counted'] / c['analytic']:.4f} |" for label, c in flop_checks.items()]
     if gen:
         lines += ["", f"| entry | greedy generation (batch 1) | cached s | uncached s (medians of {cfg.gen_reps}) | speedup "
                   "| same tokens |", "|---|---|---|---|---|---|"]
         lines += [f"| {label} | {g['new_tokens']} new tokens | {g['cached_s']:.3f} | {g['uncached_s']:.3f} "
                   f"| {g['speedup']:.1f}x | {'yes' if g['identical'] else 'NO'} |" for label, g in gen.items()]
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv):
+    cfg, entries, modes, seq_lens, baseline, device, dtype, shape, models = read_config(argv)
+    autocast = runtime.autocast(device, dtype)
+    # the machine's speed drifts (clocks, neighbours): the peak is read again in every timing round, and MFU divides
+    # by the median of all readings, so numerator and denominator see the same stretch of machine
+    peaks = [measure_peak_flops(device, dtype)]
+    print(f"device {device}, {dtype}, {torch.get_num_threads()} threads; measured matmul peak "
+          f"{peaks[0] / 1e9:.1f} GFLOP/s; shape {shape}, batch {cfg.batch_size}, component {cfg.component}")
+    # generation first, on the fresh eager models, before any compilation runs in this process
+    gen = time_generation(models, entries, cfg, device, autocast) if cfg.gen_tokens and cfg.component == "model" else {}
+    results = [r for T in seq_lens
+               for r in time_length(T, entries, modes, models, cfg, device, dtype, autocast, baseline, peaks)]
+    peaks.append(measure_peak_flops(device, dtype))
+    peak = statistics.median(peaks)
+    for r in results:
+        r["mfu"] = 3 * r["flops_per_token"] * cfg.batch_size * r["T"] / r["fwd_bwd_s"]["median"] / peak
+    flop_checks = flop_counter_checks(entries, shape, min(seq_lens), device)
+    table = markdown_table(results, flop_checks, gen, baseline, cfg)
     print(table)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

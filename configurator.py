@@ -110,10 +110,11 @@ def build(cls, values, key_owner=None):
     return cls(**kwargs)
 
 
-def resolve(argv, entry_cls, model_configs=None):
+def resolve(argv, entry_cls, model_configs=None, validate_model=True):
     """Build (entry config, model config or None, keys the user set) from argv. With model_configs (a function from a
     variant name to its config dataclass), the entry dataclass declares a `variant` field whose value picks the
-    dataclass that receives the model fields."""
+    dataclass that receives the model fields; validate_model=False leaves checking it to the caller (pretrained
+    weights decide the architecture first)."""
     values = parse_args(argv)
     used = set()
     entry = build(entry_cls, values, used)
@@ -130,7 +131,7 @@ def resolve(argv, entry_cls, model_configs=None):
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         scope = f" for variant {entry.variant!r}" if model_configs is not None else ""
         raise ConfigError(f"unknown config key {key!r}{scope}{hint}")
-    if model_cfg is not None:
+    if model_cfg is not None and validate_model:
         try:
             model_cfg.validate()
         except ValueError as e:

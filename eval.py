@@ -21,8 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import analysis
 import checkpoint
 import configurator
+import runtime
+import variants
 from data.common import DataError, load_meta, open_split
 
 
@@ -61,7 +64,7 @@ def score(model, data, block_size, stride, batch_size, device, autocast):
         x = torch.from_numpy(np.stack([data[s:s + T] for s, _ in chunk]).astype(np.int64)).to(device)
         y = torch.from_numpy(np.stack([data[s + 1:s + 1 + T] for s, _ in chunk]).astype(np.int64)).to(device)
         with autocast:
-            logits, _ = model(x)
+            logits = model(x)
         losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")  # (B, T)
         hits = logits.argmax(-1) == y
         for row, (_, first) in enumerate(chunk):
@@ -84,15 +87,17 @@ def report(meta, split, total, correct, count, full_split):
     return out
 
 
-def main(argv):
+def prepare(argv):
+    """(config, checkpoint path, variant name, model, data meta, data dir, tokens to score, stride), all checked."""
     try:
-        cfg, _, _ = configurator.resolve(argv, EvalConfig, model=False)
+        cfg, _, _ = configurator.resolve(argv, EvalConfig)
         if cfg.stride < 0 or cfg.batch_size < 1 or cfg.max_tokens < 0:
             raise configurator.ConfigError("stride and max_tokens must be >= 0 and batch_size >= 1")
+        runtime.resolve(cfg.device, cfg.dtype)
         path = Path(cfg.out_dir) / cfg.ckpt
         ckpt = checkpoint.load(path)
-        model = checkpoint.build_model(ckpt, path, dropout=0.0)
-        if not model.is_causal:
+        model = checkpoint.build_model(ckpt, variants.get, path, dropout=0.0)
+        if not variants.get(ckpt["variant"]).objective.causal:
             raise configurator.ConfigError(f"variant {ckpt['variant']!r} is not a causal LM; its MLM metrics are in "
                                            f"the training eval (metrics.jsonl)")
         data_dir = cfg.data_dir or ckpt["config"].get("data_dir", "")
@@ -105,15 +110,19 @@ def main(argv):
         stride = cfg.stride or max(1, model.config.block_size // 2)
         if stride > model.config.block_size:
             raise configurator.ConfigError(f"stride={stride} exceeds block_size {model.config.block_size}")
+        return cfg, path, ckpt["variant"], model, meta, data_dir, data, stride
     except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, configurator.ConfigError) else 1)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    autocast = torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
+
+
+def main(argv):
+    cfg, path, variant, model, meta, data_dir, data, stride = prepare(argv)
+    device, dtype = runtime.resolve(cfg.device, cfg.dtype)
     model.eval().to(device)
-    total, correct, count = score(model, data, model.config.block_size, stride, cfg.batch_size, device, autocast)
-    result = {"checkpoint": str(path), "variant": ckpt["variant"], "split": cfg.split, "stride": stride,
+    total, correct, count = score(model, data, model.config.block_size, stride, cfg.batch_size, device,
+                                  runtime.autocast(device, dtype))
+    result = {"checkpoint": str(path), "variant": variant, "split": cfg.split, "stride": stride,
               "block_size": model.config.block_size,
               **report(meta, cfg.split, total, correct, count, full_split=not cfg.max_tokens)}
     print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
@@ -121,9 +130,9 @@ def main(argv):
     out.write_text(json.dumps({"config": asdict(cfg), **result}, indent=1) + "\n")
     print(f"wrote {out}")
     if cfg.attention:
-        import analysis
-        analysis.main([f"--ckpt={path}", f"--data_dir={data_dir}", f"--split={cfg.split}",
-                       f"--out_dir={Path(cfg.out_dir) / 'attention'}", f"--device={device.type}"])
+        analysis.run([path], [Path(cfg.out_dir).name], analysis.AnalysisConfig(
+            data_dir=data_dir, split=cfg.split, out_dir=str(Path(cfg.out_dir) / "attention"), device=device.type),
+            "python eval.py " + " ".join(argv))
 
 
 if __name__ == "__main__":

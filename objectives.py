@@ -113,9 +113,14 @@ class DuoMask(AttnMask):
     variant: str = "code"
     causal: bool = False
 
+    def check(self, Tq, Tk):
+        """The pattern exists for one whole interleaved sequence: odd length 2N-1, no KV cache."""
+        if Tq != Tk or self.q_offset or Tq % 2 == 0:
+            raise ValueError(f"the duo pattern needs one whole interleaved sequence of odd length 2N-1 and no KV "
+                             f"cache; got {Tq} queries over {Tk} keys at offset {self.q_offset}")
+
     def dense_allowed(self, Tq, Tk, device):
-        if Tq != Tk or self.q_offset:
-            raise ValueError("the duo pattern is defined for a whole interleaved sequence (no KV cache)")
+        self.check(Tq, Tk)
         return duo_allowed(Tq, self.variant, device)
 
 

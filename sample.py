@@ -9,7 +9,6 @@ Generate text from a trained checkpoint (or from GPT-2 weights):
 The tokenizer is the one the run's data was prepared with (stored in the checkpoint).
 """
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,9 @@ import torch
 
 import checkpoint
 import configurator
+import runtime
+import variants
 from data.common import DataError, get_tokenizer
-from model import get_variant
 
 
 @dataclass
@@ -45,17 +45,18 @@ def fail(message, code=1):
 
 
 def load_model(cfg):
-    """(model, tokenizer) from a checkpoint of ours or from Hugging Face GPT-2 weights."""
+    """(model, its objective, tokenizer) from a checkpoint of ours or from Hugging Face GPT-2 weights."""
     if cfg.init_from == "resume":
         path = Path(cfg.out_dir) / cfg.ckpt
         ckpt = checkpoint.load(path)
-        model = checkpoint.build_model(ckpt, path, dropout=0.0)
+        model = checkpoint.build_model(ckpt, variants.get, path, dropout=0.0)
         meta = ckpt.get("data_meta")
         if meta is None:
             raise checkpoint.CheckpointError(f"{path} records no data meta, so its tokenizer is unknown")
-        return model, get_tokenizer(meta)
-    model = get_variant("gpt").from_pretrained(cfg.init_from)
-    return model, get_tokenizer({"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256})
+        return model, variants.get(ckpt["variant"]).objective, get_tokenizer(meta)
+    gpt = variants.get("gpt")
+    model = gpt.model_class.from_pretrained(cfg.init_from)
+    return model, gpt.objective, get_tokenizer({"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256})
 
 
 def read_prompt(start):
@@ -69,7 +70,7 @@ def read_prompt(start):
     return start
 
 
-def fill(model, tok, text, cfg):
+def fill(model, objective, tok, text, cfg):
     """Fill-mask mode: print the prompt with each mask replaced by its most likely token, then the candidates."""
     pieces = text.split(cfg.mask_text)
     if len(pieces) < 2:
@@ -78,7 +79,9 @@ def fill(model, tok, text, cfg):
     n_tokens = sum(map(len, segments)) + len(segments) - 1
     if n_tokens > model.config.block_size:
         raise ValueError(f"the prompt is {n_tokens} tokens but the model's context is {model.config.block_size}")
-    predictions = model.fill_mask(segments, top_k=cfg.top_k or 5)
+    if not objective.fills:
+        raise ValueError("this model has no fill-mask mode (duo-predict and the encoders do); use --mode=generate")
+    predictions = objective.fill_mask(model, segments, top_k=cfg.top_k or 5)
     filled = pieces[0]
     for piece, candidates in zip(pieces[1:], predictions):
         filled += tok.decode([candidates[0][0]]) + piece
@@ -87,37 +90,40 @@ def fill(model, tok, text, cfg):
         print(f"{cfg.mask_text} #{i + 1}: " + ", ".join(f"{tok.decode([t])!r} {p:.3f}" for t, p in candidates))
 
 
-def main(argv):
+def read_config(argv):
     try:
-        cfg, _, _ = configurator.resolve(argv, SampleConfig, model=False)
+        cfg, _, _ = configurator.resolve(argv, SampleConfig)
         if cfg.num_samples < 1 or cfg.max_new_tokens < 0 or cfg.temperature < 0:
             raise configurator.ConfigError("num_samples must be >= 1, max_new_tokens >= 0 and temperature >= 0")
         if cfg.top_k is not None and cfg.top_k < 1:
             raise configurator.ConfigError(f"top_k must be >= 1 or None, got {cfg.top_k}")
         if cfg.mode not in ("generate", "fill"):
             raise configurator.ConfigError(f"mode must be generate or fill, got {cfg.mode!r}")
-    except configurator.ConfigError as e:
+        return cfg, *runtime.resolve(cfg.device, cfg.dtype)
+    except (configurator.ConfigError, ValueError) as e:
         fail(e, 2)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+
+
+def main(argv):
+    cfg, device, dtype = read_config(argv)
     try:
-        model, tok = load_model(cfg)
+        model, objective, tok = load_model(cfg)
         text = read_prompt(cfg.start)
         if cfg.mode == "fill":
-            return fill(model.eval().to(device), tok, text, cfg)
+            return fill(model.eval().to(device), objective, tok, text, cfg)
+        if not objective.causal:
+            raise ValueError("this model is not autoregressive; use its fill-mask mode (--mode=fill)")
         prompt = tok.encode(text)
-    except (checkpoint.CheckpointError, DataError, OSError, ValueError, NotImplementedError) as e:
+    except (checkpoint.CheckpointError, DataError, OSError, ValueError) as e:
         fail(e)
     if len(prompt) > model.config.block_size:
         fail(f"the prompt is {len(prompt)} tokens but the model's context is {model.config.block_size}")
     if max(prompt) >= model.config.vocab_size:
         fail(f"the prompt has token id {max(prompt)} outside the model's vocabulary of {model.config.vocab_size}")
-
     model.eval().to(device)
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x = torch.tensor(prompt, dtype=torch.long, device=device)[None]
-    with ctx:
+    with runtime.autocast(device, dtype):
         for _ in range(cfg.num_samples):
             y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                                use_cache=cfg.use_cache, generator=gen)

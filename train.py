@@ -263,8 +263,11 @@ def setup_distributed(cfg, device):
 def read_config(argv):
     """(TrainConfig, model config, keys the user set, data dir, data meta): all validated before anything is written."""
     try:
-        cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig, lambda name: variants.get(name).config_class)
+        cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig, lambda name: variants.get(name).config_class,
+                                                         validate_model=False)
         cfg.validate()
+        if cfg.init_from == "scratch":  # otherwise the checkpoint or the pretrained weights set the architecture
+            model_cfg.validate()
         runtime.resolve(cfg.device, cfg.dtype)
     except (configurator.ConfigError, ValueError) as e:
         fail(e, 2)

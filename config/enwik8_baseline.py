@@ -1,5 +1,5 @@
 # Baseline twin of config/train_enwik8.py: the same model and schedule with plain causal attention
-# (the extra per-block position embeddings stay, as in the seed's baseline).
+# (the extra per-block position embeddings stay, so the twins differ only in the masks).
 # python train.py config/enwik8_baseline.py
 base = "train_enwik8.py"
 out_dir = "out-enwik8-baseline"

@@ -1,13 +1,11 @@
-# Fine-tune pretrained GPT-2 small (124M) with layer-wise sliding windows, as seed 003 does (SPEC §3.3), on TinyStories.
-# train.py's init_from=<HF name> passes only dropout/block_size to from_pretrained, so the schedule travels in a
-# schedule file (it names the weights and the window fields; writing it checks them by building the model):
-#   python variants/layerwise_window.py --init_from=gpt2 --schedule=aggressive --out=gpt2_aggressive.json
+# Fine-tune pretrained GPT-2 small (124M) with layer-wise sliding windows (SPEC §3.3) on TinyStories:
 #   python data/tinystories/prepare.py && python train.py config/finetune_gpt2_layerwise.py
-# Other schedules: write another file (--schedule=half, --windows=[...], --window_pattern=SSSL) and pass
-# --init_from=that.json. Seed hyper-parameters: lr 5e-5, linear decay, warmup 500, weight decay 0.01, clip 1.0,
-# batch 8 x grad-accum 2 (HEAD config), context 1024.
+# The window fields apply on top of the pretrained weights: --schedule=half, --windows=[...] (one per layer),
+# --window_pattern=SSSL. Hyper-parameters: lr 5e-5, linear decay, warmup 500, weight decay 0.01, clip 1.0,
+# batch 8 x grad-accum 2, context 1024.
 variant = "layerwise"
-init_from = "gpt2_aggressive.json"
+init_from = "gpt2"
+schedule = "aggressive"
 out_dir = "out-finetune-gpt2-layerwise"
 dataset = "tinystories"
 eval_interval = 500

@@ -1,5 +1,5 @@
-# The seed recipe (SPEC §2.7): enwik8 bytes, 12 layers, 8 heads, 512 wide, context 512, batch 64, 150k iterations,
-# adaptive span + periodic (triangle-wave) masking with the seed's span regulariser.
+# The adaptive-span recipe of SPEC §2.7: enwik8 bytes, 12 layers, 8 heads, 512 wide, context 512, batch 64, 150k
+# iterations, adaptive span + periodic (triangle-wave) masking with its span regulariser.
 # python data/enwik8/prepare.py && python train.py config/train_enwik8.py
 # Fair twins: config/enwik8_baseline.py (plain attention) and config/enwik8_span_only.py (no periodic mask).
 out_dir = "out-enwik8"

@@ -218,12 +218,12 @@ def test_flops_report_and_span_init():
 
 
 def test_flops_per_token_counts_the_analytic_fraction():
-    # TODO(flops.py): port to flops.py's per-token accounting: attention FLOPs per token are the dense causal
-    # n_layer * 4 * n_embd * (T + 1) / 2 times the report's analytic fraction.
-    pytest.skip("flops.py pending")
+    """Attention FLOPs per token are the dense causal n_layer * 4 * n_embd * (T + 1) / 2 times the report's analytic
+    fraction."""
+    import flops
     model = tiny(block_size=512, span_init=16.0, span_block=32, softness_span_mask=16.0)
     report = model.attention_flops_report(512)
-    f = model.flops_per_token(512)
+    f = flops.flops_per_token(model, 512)
     dense = model.config.n_layer * 4 * model.config.n_embd * (512 + 1) / 2
     torch.testing.assert_close(torch.tensor(f["attention"]), torch.tensor(dense * report["analytic_fraction"]))
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, future_gradient
-from torch.utils.flop_counter import FlopCounterMode
 
 import configurator
+import flops
 import variants
 from attention import dense_attention
 from model import GPT, GPTConfig
@@ -123,11 +123,12 @@ def test_flops_match_flop_counter_on_the_dense_path():
     model = tiny(attn_impl="dense")
     B, T = 2, 24
     idx = torch.randint(0, 50, (B, T))
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(idx)
-    attention = sum(m.attention_flops(T, pairs=T * T) for m in model.modules() if hasattr(m, "attention_flops"))
+    measured, analytic = flops.counter_check(model, lambda: model(idx), B * T)
+    assert measured == analytic
+    # the analytic count, by hand: every pair's QK^T and AV in each layer, plus 2 FLOPs per weight of every Linear
+    attention = sum(b.attn.attention_flops(T, pairs=T * T) for b in model.transformer.h)
     linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert counter.get_total_flops() == B * (attention + 2 * linear_weights * T)
+    assert measured * B * T == B * (attention + 2 * linear_weights * T)
 
 
 # ---- training ----------------------------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ import torch
 
 import analysis
 import checkpoint
-import variants  # noqa: F401
+import variants
+from attention import AttnMask, dense_attention
 from data.common import write_dataset
-from model import VARIANTS, CausalSelfAttention, get_variant
+from model import CausalSelfAttention
 
 T = 24
 SHAPE = dict(n_layer=3, n_head=2, n_embd=16, block_size=T, vocab_size=41, dropout=0.0)
@@ -20,8 +21,12 @@ SHAPE = dict(n_layer=3, n_head=2, n_embd=16, block_size=T, vocab_size=41, dropou
 
 def build(name, **kw):
     torch.manual_seed(0)
-    cls = get_variant(name)
-    return cls(cls.config_class(**{**SHAPE, **kw}))
+    spec = variants.get(name)
+    return spec.build(spec.config_class(**{**SHAPE, **kw}))
+
+
+def analyse(model, idx, crop=0):
+    return analysis.analyse(model, lambda: model(idx), crop=crop)
 
 
 def uniform(model):
@@ -38,7 +43,7 @@ def uniform(model):
 @pytest.mark.parametrize("windows", [[0, 0, 0], [0, 4, 1], [3, 7, 2]])
 def test_uniform_attention_statistics_are_exact(windows):
     model = uniform(build("layerwise", windows=windows))
-    rep, maps = analysis.analyse(model, torch.randint(0, 41, (3, T)), crop=10)
+    rep, maps = analyse(model, torch.randint(0, 41, (3, T)), crop=10)
     assert len(rep["layers"]) == 3 and len(maps) == 3 and maps[0].shape == (10, 10)
     for w, s in zip(windows, rep["layers"]):
         w = w or T
@@ -57,36 +62,47 @@ def test_uniform_attention_statistics_are_exact(windows):
 
 def test_mask_accounting_matches_the_variants_flop_count():
     model = build("layerwise", windows=[5, 0, 2])
-    rep, _ = analysis.analyse(model, torch.randint(0, 41, (1, T)))
+    rep, _ = analyse(model, torch.randint(0, 41, (1, T)))
+    assert [s["reach"] for s in rep["layers"]] == [5, None, 2]
     attns = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
     assert [s["attended"] for s in rep["layers"]] == [m.attended_entries(T) for m in attns]
 
 
 def test_weights_come_from_the_real_inputs_of_every_layer():
-    model = build("gpt")
+    model = build("gpt").eval()
     idx = torch.randint(0, 41, (2, T))
-    calls = analysis.capture_attention_inputs(model, idx)
-    assert [m.layer_idx for m, _ in calls] == [0, 1, 2]
-    x0 = model.transformer.h[0].ln_1(model.embed(idx, torch.arange(T)))
-    torch.testing.assert_close(calls[0][1][0], x0)  # layer 0 sees the normalised embeddings
-    rep, _ = analysis.analyse(model, idx)
-    weights = calls[1][0].attention_weights(*calls[1][1][:2], calls[1][1][3])
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, T, T)[..., 0])  # rows are distributions
+    calls = analysis.attention_calls(model, lambda: model(idx))
+    assert len(calls) == 3
+    pos = torch.arange(T)
+    x0 = model.transformer.h[0].ln_1(model.transformer.wte(idx) + model.transformer.wpe(pos))
+    with torch.no_grad():
+        q, k, v = model.transformer.h[0].attn.qkv(x0, pos)
+        expected = dense_attention(q, k, v, AttnMask(causal=True), return_weights=True)[1]
+    torch.testing.assert_close(calls[0][0], expected)  # layer 0: the normalised embeddings of the real tokens
+    weights = calls[1][0]
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, T))  # rows are distributions
     assert torch.triu(weights[0, 0], 1).abs().max() == 0  # causal
+    # the recording pass computes the model's own outputs: the dense reference equals the fast path
+    out = {}
+    analysis.attention_calls(model, lambda: out.setdefault("logits", model(idx)))
+    torch.testing.assert_close(out["logits"], model(idx), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name", variants.names())
 def test_every_registered_variant_can_be_analysed(name):
-    try:
-        model = build(name, n_layer=4)  # even depth for parallel pairs
-    except (TypeError, ValueError) as e:  # a variant whose config needs more than the shared shape
-        pytest.skip(f"{name}: {e}")
-    batch = model.prepare_batch(torch.randint(0, 41, (2, T)), torch.randint(0, 41, (2, T)),
-                                generator=torch.Generator().manual_seed(0))
-    idx = batch.pop("idx")
-    batch.pop("targets", None)
-    rep, _ = analysis.analyse(model, idx, **batch)
-    assert rep["layers"], name
+    model = build(name, n_layer=4)  # even depth for parallel pairs
+    objective = variants.get(name).objective
+    batch = objective.prepare(model.config, torch.randint(0, 41, (2, T)), torch.randint(0, 41, (2, T)),
+                              generator=torch.Generator().manual_seed(0))
+    calls = []
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in model.modules()
+               if isinstance(m, CausalSelfAttention)]
+    with torch.no_grad():
+        objective.logits(model.eval(), batch)
+    for h in handles:
+        h.remove()
+    rep, _ = analysis.analyse(model, lambda: objective.logits(model, batch))
+    assert len(rep["layers"]) == len(calls) >= 4, name  # one record per attention call (ALBERT: shared, EMD: twice)
     for s in rep["layers"]:
         assert s["entropy"] >= 0 and 0 < s["attended"] <= s["total"]
         assert all(math.isfinite(h) for h in s["entropy_per_head"])
@@ -100,7 +116,7 @@ def tiny_run(tmp_path):
                   {"dataset": "test", "tokenizer": "char", "vocab_size": 41, "dtype": "uint8",
                    "chars": [chr(65 + i) for i in range(41)]})
     paths = {}
-    for label, kw in {"full": {}, "aggressive": {"schedule": "aggressive"}}.items():
+    for label, kw in {"full": {}, "windowed": {"windows": [0, 4, 2]}}.items():
         model = build("layerwise", **kw)
         path = tmp_path / label / "ckpt.pt"
         path.parent.mkdir()
@@ -113,14 +129,14 @@ def tiny_run(tmp_path):
 def test_cli_writes_tables_plots_and_json(tiny_run, capsys):
     tmp_path, data, paths = tiny_run
     out = tmp_path / "an"
-    analysis.main([f"--ckpt={paths['full'].parent},{paths['aggressive']}", "--labels=full,aggressive",
+    analysis.main([f"--ckpt={paths['full'].parent},{paths['windowed']}", "--labels=full,windowed",
                    f"--out_dir={out}", "--batch_size=2", "--crop=16", "--seq_len=20"])
     report = json.loads((out / "analysis.json").read_text())["reports"]
-    assert set(report) == {"full", "aggressive"} and report["full"]["T"] == 20
-    assert report["aggressive"]["windows"] == [None, 512, 256]  # 3-layer aggressive; windows >= T act as causal
+    assert set(report) == {"full", "windowed"} and report["full"]["T"] == 20
+    assert [s["reach"] for s in report["windowed"]["layers"]] == [None, 4, 2]
     assert (out / "entropy.png").stat().st_size > 1000
     assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted(
-        f"{lab}_layer{l}.png" for lab in ("full", "aggressive") for l in range(3))
+        f"{lab}_layer{l}.png" for lab in ("full", "windowed") for l in range(3))
     assert "| full | 0 |" in (out / "analysis.md").read_text()
     assert "entropy per layer" in capsys.readouterr().out
 

@@ -5,12 +5,11 @@ import statistics
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-import variants  # noqa: F401
-from bench import attention_modules, build, counted_flops_per_token
+import flops
+import variants
+from bench import build
 from conftest import run
-from model import VARIANTS
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--batch_size=2", "--reps=2", "--latency_reps=2", "--warmup=1",
         "--device=cpu"]
@@ -56,24 +55,55 @@ def test_bench_bad_input(tmp_path, arg, message):
 
 
 SHAPE = dict(n_layer=4, n_head=2, n_embd=32, block_size=32, vocab_size=96)
+CASES = [(n, {}) for n in variants.names()] + [
+    ("albert", {"embedding_size": 16}), ("deberta", {"emd": False}), ("deberta", {"max_relative_positions": 5})]
 
 
-@pytest.mark.parametrize("name,fields", [(n, {}) for n in sorted(VARIANTS)] + [
-    ("albert", {"embedding_size": 16}), ("deberta", {"emd": False}), ("deberta", {"max_relative_positions": 5})])
+@pytest.mark.parametrize("name,fields", CASES)
 def test_analytic_flops_equal_the_flop_counter_for_every_variant(name, fields):
     model = build(name, {**fields, "attn_impl": "dense"}, SHAPE, torch.device("cpu"))
-    counted, analytic = counted_flops_per_token(model, torch.randint(0, 90, (1, 24)))  # batch 1: see DeBERTa
+    idx = torch.randint(0, 90, (1, 24))
+    counted, analytic = flops.counter_check(model, lambda: model(idx), 24)
+    assert counted == pytest.approx(analytic, rel=1e-9)
+
+
+@pytest.mark.parametrize("name,fields", CASES)
+def test_training_batch_flops_equal_the_flop_counter(name, fields):
+    """The objective's training batch (duo's interleaving, MLM on the masked rows only, sentence pairs), batch 2."""
+    model = build(name, {**fields, "attn_impl": "dense"}, SHAPE, torch.device("cpu"))
+    objective = variants.get(name).objective
+    x = torch.randint(0, 90, (2, 24))
+    batch = objective.prepare(model.config, x, x, generator=torch.Generator().manual_seed(0))
+    counted, analytic = flops.counter_check(model, lambda: objective.logits(model, batch), x.numel())
     assert counted == pytest.approx(analytic, rel=1e-9)
 
 
 @pytest.mark.parametrize("name", ["bert", "albert", "deberta"])
 def test_encoder_training_flops_count_the_mlm_head_on_masked_positions_only(name):
-    T, masked = 24, 6
-    model = build(name, {"attn_impl": "dense", "mlm_prob": masked / T}, SHAPE, torch.device("cpu"))
-    idx = torch.randint(0, 90, (1, T))
-    targets = torch.full((1, T), -1)
-    targets[0, torch.randperm(T)[:masked]] = 7
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(idx, targets)
-    dense = sum(m.attention_flops(T, pairs=T * T) - m.attention_flops(T) for m in attention_modules(model))
-    assert counter.get_total_flops() == pytest.approx(model.flops_per_token(T, training=True)["total"] * T + dense)
+    T = 24
+    model = build(name, {}, SHAPE, torch.device("cpu"))
+    objective = variants.get(name).objective
+    x = torch.randint(0, 90, (2, T))
+    batch = objective.prepare(model.config, x, x, generator=torch.Generator().manual_seed(0))
+    masked = int((batch.targets != -1).sum())
+    assert 0 < masked < x.numel()
+    training = flops.count(model, lambda: objective.logits(model, batch), x.numel())["matmul"]
+    everywhere = flops.count(model, lambda: model(batch.idx, token_types=batch.token_types), x.numel())["matmul"]
+    E, V = model.config.emb_dim(), model.config.vocab_size
+    head_per_row = 2 * (model.config.n_embd * E + E * V)  # mlm_dense and the tied decoder
+    assert everywhere - training == pytest.approx(head_per_row * (x.numel() - masked) / x.numel())
+
+
+def test_flops_per_token_sees_shared_and_repeated_layers():
+    """ALBERT's one block runs n_layer times, DeBERTa's last layer twice (its mask decoder) and the pooler on [CLS]."""
+    T = 24
+    albert = build("albert", {"n_layer": 4}, SHAPE, torch.device("cpu"))
+    one = build("albert", {"n_layer": 1}, SHAPE, torch.device("cpu"))
+    block = lambda m: sum(2 * p.numel() for n, p in m.transformer.h[0].named_parameters() if n.endswith("weight")
+                          and p.dim() == 2)
+    diff = flops.flops_per_token(albert, T)["matmul"] - flops.flops_per_token(one, T)["matmul"]
+    assert diff == pytest.approx(3 * block(albert))
+    emd = build("deberta", {"emd": True}, SHAPE, torch.device("cpu"))
+    plain = build("deberta", {"emd": False}, SHAPE, torch.device("cpu"))
+    a_emd, a_plain = flops.flops_per_token(emd, T)["attention"], flops.flops_per_token(plain, T)["attention"]
+    assert a_emd == pytest.approx(a_plain * 5 / 4)  # 4 layers: 3 plain + the last one twice

@@ -235,19 +235,16 @@ def test_albert_shares_one_layer_applied_n_layer_times():
 
 
 def test_albert_counts_its_flops_per_application():
-    # TODO(flops.py): port to flops.py's accounting: the analytic FLOPs of the shared layer, counted once per
-    # application (n_layer times), equal what FlopCounterMode measures over run_blocks.
-    pytest.skip("flops.py pending")
+    """flops.py's analytic count of the shared layer, once per application, equals FlopCounterMode's."""
+    import flops
     albert = tiny("albert", n_layer=4, attn_impl="dense")
     T = 16
     x = torch.randn(1, T, 32)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         albert.run_blocks(x, torch.arange(T))
-    block = albert.transformer.h[0]
-    analytic = sum(2 * m.weight.numel() * albert.linear_calls_per_token(m, T) for m in block.modules()
-                   if isinstance(m, torch.nn.Linear))
-    analytic += albert.flops_per_token(T)["attention"]
-    assert counter.get_total_flops() == analytic * T
+    analytic = flops.count(albert, lambda: albert.run_blocks(x, torch.arange(T)), T, dense=True)
+    assert counter.get_total_flops() == analytic["total"] * T
+    assert analytic["attention"] == 4 * albert.transformer.h[0].attn.attention_flops(T, T * T) / T
 
 
 @pytest.mark.parametrize("name", ENCODERS)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import variants
 from conftest import run
 from eval import window_plan
 
@@ -35,13 +36,13 @@ def test_stride_one_equals_brute_force_full_context(trained, shakespeare_dir):
     run(["eval.py", f"--out_dir={trained}", "--stride=1", "--max_tokens=120", "--device=cpu"])
     result = json.loads((trained / "eval_val.json").read_text())
     ckpt = checkpoint.load(trained / "ckpt.pt")
-    model = checkpoint.build_model(ckpt).eval()
+    model = checkpoint.build_model(ckpt, variants.get).eval()
     data = np.fromfile(shakespeare_dir / "val.bin", dtype=np.uint16)[:120].astype(np.int64)
     losses = []
     with torch.no_grad():  # each target predicted from its last (up to) block_size tokens, one forward each
         for t in range(1, len(data)):
             ctx = torch.from_numpy(data[max(0, t - 16):t])[None]
-            logits, _ = model(ctx)
+            logits = model(ctx)
             losses.append(F.cross_entropy(logits[0, -1], torch.tensor(data[t])).item())
     assert result["tokens_scored"] == 119
     assert result["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)

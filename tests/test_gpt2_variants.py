@@ -375,7 +375,7 @@ def test_duo_code_mask_causality_and_readme_leak():
             model = build("duo_predict", attn_impl=impl)
             g = embedding_grad(model, 2 * k + 1, **duo_inputs(model, idx, idx))
             assert g[2 * k + 3:].sum() == 0 and g[2 * k + 2] > 0 and g[2 * k + 1] > 0
-    # the seed README pattern is NOT causal: original t_0 already depends on t_1 (via the mask) at two layers
+    # the readme pattern is NOT causal: original t_0 already depends on t_1 (via the mask) at two layers
     with pytest.warns(UserWarning, match="leak"):
         model = build("duo_predict", duo_mask_variant="readme")
     g = embedding_grad(model, 0, **duo_inputs(model, idx, idx))
@@ -425,20 +425,7 @@ def test_duo_fill_mask():
         obj.fill_mask(model, [[1, 2], []])
 
 
-DUO_BUG_EVEN = "duo: an even-length sequence under DuoMask is not rejected (dense computes it, sdpa fails to reshape)"
-DUO_BUG_CACHE = "duo: sdpa with a KV cache under DuoMask ignores q_offset and returns wrong logits instead of raising"
-
-
-def known_bug(reason, raises=pytest.fail.Exception):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-
-
-@pytest.mark.parametrize("impl,case", [
-    pytest.param("dense", "even", marks=known_bug(DUO_BUG_EVEN)),
-    pytest.param("sdpa", "even", marks=known_bug(DUO_BUG_EVEN, raises=RuntimeError)),
-    ("dense", "cache"),
-    pytest.param("sdpa", "cache", marks=known_bug(DUO_BUG_CACHE)),
-])
+@pytest.mark.parametrize("impl,case", [("dense", "even"), ("sdpa", "even"), ("dense", "cache"), ("sdpa", "cache")])
 def test_duo_pattern_rejects_input_that_is_not_one_whole_interleaved_sequence(impl, case):
     """The duo pattern is defined for a whole interleaved sequence [t0, M, ..., t_{N-1}] (odd length 2N-1, no KV
     cache); anything else is refused with a ValueError by either kernel rather than computed with a wrong pattern."""

@@ -49,7 +49,7 @@ def test_seed_json_and_progressive_forms_reproduce_the_presets():
         prog = LayerwiseConfig(schedule="progressive", start_layer=start_layer, start_window=start_window,
                                end_window=end_window)
         assert layer_windows(prog) == SPEC_TABLE[name]
-    # the seed's prose variant: the first masked layer keeps start_window
+    # SPEC §3.1's prose: the first masked layer keeps start_window
     assert layer_windows(LayerwiseConfig(schedule="half", first_window_is_start=True))[5:] == \
         [None, 512, 256, 128, 64, 32, 16]
     assert layer_windows(LayerwiseConfig(n_layer=3, schedule='{"windows": [null, 8, 0]}')) == [None, 8, None]

@@ -85,6 +85,7 @@ class DuoAttention(CausalSelfAttention):
     def attend(self, q, k, v, mask):
         """The interleaved code pattern through the block-structured path; everything else as the baseline."""
         if isinstance(mask, DuoMask) and mask.variant == "code" and self.kernel is sdpa_attention:
+            mask.check(q.size(-2), k.size(-2))
             return duo_code_attention(q, k, v, self.dropout if self.training else 0.0, self.block)
         return super().attend(q, k, v, mask)
 

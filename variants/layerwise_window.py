@@ -31,9 +31,9 @@ PRESET_LAYERS = 12
 
 
 def progressive_windows(n_layer, start_layer, start_window, end_window, first_window_is_start=False):
-    """Geometric halving: full below start_layer, then max(end, start // 2^(l - start_layer + 1)) (the repo's
-    create_predefined_schedules, whose first masked layer already gets start/2), or start // 2^(l - start_layer)
-    with first_window_is_start (the seed's prose)."""
+    """Geometric halving: full below start_layer, then max(end, start // 2^(l - start_layer + 1)) (SPEC §3.1's
+    table: the first masked layer already gets start/2), or start // 2^(l - start_layer) with first_window_is_start
+    (SPEC §3.1's prose)."""
     shift = 0 if first_window_is_start else 1
     return [None if l < start_layer else max(end_window, start_window // 2 ** (l - start_layer + shift))
             for l in range(n_layer)]
@@ -61,7 +61,7 @@ def pattern_windows(pattern, n_layer, short_window, long_window):
 @dataclass
 class LayerwiseConfig(GPTConfig):
     schedule: str = "full"  # full | half | quarter | aggressive | progressive | a JSON object (see module doc)
-    start_layer: int = 0  # schedule="progressive" only (the seed's JSON fields), used as given for any depth
+    start_layer: int = 0  # schedule="progressive" only (the JSON form's fields), used as given for any depth
     start_window: int = 1024
     end_window: int = 1
     first_window_is_start: bool = False  # presets/progressive: first masked layer gets start_window, not start/2
@@ -114,7 +114,7 @@ def layer_windows(config):
 
 
 def json_windows(text, n_layer, first_window_is_start):
-    """The seed's JSON form {type: progressive, start_layer, start_window, end_window}, or {windows: [...]}."""
+    """The JSON form {type: progressive, start_layer, start_window, end_window}, or {windows: [...]}."""
     try:
         spec = json.loads(text)
     except ValueError as e:

@@ -3,7 +3,7 @@ two outputs are merged before the next pair, so the depth is halved and the widt
 
     x_L = Block_2k(x), x_R = Block_2k+1(x)      (complete pre-LN blocks, each with its own residual)
     mean:   x <- (x_L + x_R) / 2                 (default)
-    concat: x <- W [x_L ; x_R] + b               (ONE Linear(2C, C) shared by every stage, as the original model)
+    concat: x <- W [x_L ; x_R] + b               (ONE Linear(2C, C) shared by every stage, SPEC §1.2)
     add:    x <- x_L + x_R
 
 pair_impl: "sequential" runs the two blocks one after the other; "batched" runs a pair as one computation (weights

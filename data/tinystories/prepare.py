@@ -7,7 +7,7 @@
 
 Stories in a text file are separated by <|endoftext|> when the file contains it (the official .txt layout);
 otherwise by blank lines. That second rule is an approximation: a blank line also separates paragraphs inside a
-story, so such a file yields paragraphs as "stories" and gets an <|endoftext|> between paragraphs that the original
+story, so such a file yields paragraphs as "stories" and gets an <|endoftext|> between paragraphs that the published
 data does not have (this is the case for the TinyStories subsets in ../shared/data). Each story is stripped of
 surrounding whitespace. Without --val the last 10% of the stories are held out as val.
 meta.json "bytes"/"words" count the stories' own text, without separators.
