@@ -36,10 +36,10 @@ EOF
 # 2b. bpc of each final checkpoint over the whole val split (non-overlapping block_size windows)
 python - "$WORK" <<'EOF'
 import math, sys, numpy as np, torch, torch.nn.functional as F
-import checkpoint
+import checkpoint, variants
 work = sys.argv[1]
 for v in ("baseline", "span_only", "span_periodic"):
-    model = checkpoint.build_model(checkpoint.load(f"{work}/run_{v}/ckpt.pt")).eval()
+    model = checkpoint.build_model(checkpoint.load(f"{work}/run_{v}/ckpt.pt"), variants.get).eval()
     T = model.config.block_size
     data = torch.from_numpy(np.fromfile(f"{work}/enwik8_wt2/val.bin", dtype=np.uint8).astype(np.int64))
     n = (len(data) - 1) // T
@@ -47,7 +47,7 @@ for v in ("baseline", "span_only", "span_periodic"):
     total = 0.0
     with torch.no_grad():
         for i in range(0, n, 16):
-            logits, _ = model(x[i:i + 16])
+            logits = model(x[i:i + 16])
             total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[i:i + 16].reshape(-1), reduction="sum").item()
     print(f"enwik8_cpu_{v}: whole-val bpc {total / (n * T) / math.log(2):.4f} over {n * T:,} bytes")
 EOF
@@ -64,7 +64,7 @@ cat "$WORK/bench_model/bench.md"
 python - <<'EOF'
 import statistics, time, torch, torch.nn.functional as F
 from adaptive_attention_span import AdaptiveSpanAttention, AdaptiveSpanConfig
-from model import sdpa_attention
+from attention import sdpa_attention
 torch.manual_seed(0)
 B, H, T, hd = 4, 6, 1024, 64
 q, k, v = (torch.randn(B, H, T, hd, requires_grad=True) for _ in range(3))

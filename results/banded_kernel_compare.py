@@ -1,5 +1,5 @@
-"""Single attention layer, fwd+bwd, T=4096, 12 heads of 64: model.py's banded kernel next to the layer-wise file's first
-banded kernel (read from git history, commit 06be342^), and causal SDPA. Run from the repo root:
+"""Single attention layer, fwd+bwd, T=4096, 12 heads of 64: attention.py's banded kernel next to the layer-wise file's
+first banded kernel (read from git history, commit 06be342^), and causal SDPA. Run from the repo root:
     OMP_NUM_THREADS=1 python results/banded_kernel_compare.py
 """
 import subprocess
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import AttnMask, band_block, banded_attention  # noqa: E402
+from attention import AttnMask, band_block, banded_attention  # noqa: E402
 
 source = subprocess.run(["git", "show", "06be342^:variants/layerwise_window.py"], capture_output=True, text=True,
                         check=True).stdout
@@ -38,4 +38,4 @@ for w in (16, 128, 512):
     b = band_block(w)
     new = median_ms(lambda: banded_attention(q, k, v, AttnMask(window=w), w, b).sum().backward())
     old = median_ms(lambda: old_banded(q, k, v, w, b).sum().backward())
-    print(f"w={w} (block {b}): model.py banded {new:.0f} ms, first layer-wise kernel {old:.0f} ms")
+    print(f"w={w} (block {b}): attention.py banded {new:.0f} ms, first layer-wise kernel {old:.0f} ms")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import variants  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 B, T, C, H, L = 12, 256, 384, 6, 6
@@ -34,11 +35,13 @@ def median_ms(fn, reps=10, warmup=3):
 torch.manual_seed(0)
 model = GPT(GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=65, bias=False))
 x, y = torch.randint(0, 65, (B, T)), torch.randint(0, 65, (B, T))
+objective = variants.get("gpt").objective
+batch = objective.prepare(model.config, x, y)
 
 
 def step():
     model.zero_grad(set_to_none=True)
-    model(x, y)[1].backward()
+    objective.step(model, batch)[1].backward()
 
 
 for _ in range(3):

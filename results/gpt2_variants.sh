@@ -33,12 +33,12 @@ done
 python - "$OUT" $RUNS <<'PY'
 import json, statistics, sys
 from pathlib import Path
-import checkpoint
+import checkpoint, variants
 out, runs = Path(sys.argv[1]), sys.argv[2:]
 print("| run | params (non-wpe) | val ppl (next token) | val acc | duo mask-stream loss | train tok/s (1 thread, median) | wall s |")
 print("|---|---|---|---|---|---|---|")
 for run in runs:
-    params = checkpoint.build_model(checkpoint.load(out / run / "ckpt.pt")).num_params()
+    params = checkpoint.build_model(checkpoint.load(out / run / "ckpt.pt"), variants.get).num_params()
     recs = [json.loads(l) for l in (out / run / "metrics.jsonl").read_text().splitlines()]
     ev = [r for r in recs if r["kind"] == "eval"][-1]
     tps = statistics.median(r["tokens_per_s"] for r in recs if r["kind"] == "train" and r["iter"] >= 5)

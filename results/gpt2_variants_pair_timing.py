@@ -7,10 +7,9 @@ import time
 import torch
 
 sys.path.insert(0, ".")
-import variants  # noqa: F401,E402
-from model import get_variant  # noqa: E402
+import variants  # noqa: E402
 
-cls = get_variant("parallel")
+spec = variants.get("parallel")
 shapes = [dict(n_layer=4, n_head=4, n_embd=128, B=8, T=128), dict(n_layer=2, n_head=16, n_embd=1024, B=1, T=256)]
 print("| shape (L/H/C, batch x T) | bottleneck | sequential ms | batched ms | batched / sequential |")
 print("|---|---|---|---|---|")
@@ -19,7 +18,7 @@ for s in shapes:
         cfg = dict(n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"], block_size=s["T"], vocab_size=64,
                    bottleneck_method=method)
         torch.manual_seed(0)
-        model = cls(cls.config_class(**cfg))
+        model = spec.build(spec.config_class(**cfg))
         x = torch.randn(s["B"], s["T"], s["n_embd"], requires_grad=True)
         pos = torch.arange(s["T"])
         times = {"sequential": [], "batched": []}

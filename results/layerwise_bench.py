@@ -24,26 +24,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench  # noqa: E402
 import configurator  # noqa: E402
+import flops  # noqa: E402
+import runtime  # noqa: E402
 
 
 def main(argv):
     try:
-        cfg, _, _ = configurator.resolve(argv, bench.BenchConfig, model=False)
+        cfg, _, _ = configurator.resolve(argv, bench.BenchConfig)
         entries = bench.parse_entries(cfg.variants)
         seq_lens = [cfg.seq_lens] if isinstance(cfg.seq_lens, int) else list(cfg.seq_lens or [cfg.block_size])
         baseline = cfg.baseline or entries[0][0]
         if cfg.reps < 1 or baseline not in [label for label, _, _ in entries]:
             raise configurator.ConfigError("reps must be >= 1 and baseline one of the entries")
-        device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = getattr(torch, cfg.dtype if cfg.dtype != "auto" else
-                        ("bfloat16" if device.type == "cuda" else "float32"))
+        device, dtype = runtime.resolve(cfg.device, cfg.dtype)
         shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=max(seq_lens),
                      vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
         models = {label: bench.build(name, fields, shape, device) for label, name, fields in entries}
     except (configurator.ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    autocast = runtime.autocast(device, dtype)
     peak = bench.measure_peak_flops(device, dtype)
     command = "python results/layerwise_bench.py " + " ".join(argv)
     print(f"{command}\ndevice {device}, {dtype}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.1f} "
@@ -73,7 +73,7 @@ def main(argv):
             results.append({
                 "label": run["label"], "variant": run["variant"], "mode": "eager", "T": T,
                 "params": run["model"].num_params(), "flops_per_token": run["flops_per_token"],
-                "flops_per_token_parts": run["model"].flops_per_token(T), "fwd_bwd_s": fb,
+                "flops_per_token_parts": flops.flops_per_token(run["model"], T), "fwd_bwd_s": fb,
                 "t_fwd_bwd": run["t_fwd_bwd"], "tokens_per_s": cfg.batch_size * T / fb["median"],
                 "mfu": 3 * run["flops_per_token"] * cfg.batch_size * T / fb["median"] / peak,
                 "peak_memory_bytes": run["peak_memory_bytes"],
