@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the README's core numbers: the CPU recipe on tiny Shakespeare (val loss, wall time), the baseline bench
+# Reproduce results/core.md's numbers: the CPU recipe on tiny Shakespeare (val loss, wall time), the baseline bench
 # at 6L/384d/block 256/batch 12 (MFU eager and compiled, cached vs uncached generation), and one bench over every
 # registered variant at a shared small shape. Uses every core (no OMP_NUM_THREADS cap) and wants a quiet machine.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every number in the README, regenerated: the core results, then each variant family's results file. CPU sizes.
+# Every number in results/*.md (and the README's summary lines), regenerated: the core results, then each variant family's results file. CPU sizes.
 # Each script prints its tables and says where its outputs went (under /tmp). Total: a few hours on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")"
