@@ -33,11 +33,11 @@ REACH_QUANTUM = 16  # the reach is rounded up to 16 keys (or the query block, if
 
 @dataclass
 class AdaptiveSpanConfig(GPTConfig):
-    use_adaptive_attention: bool = True
+    use_adaptive_attention: bool = True  # learned spans; False: plain causal attention (the family's baseline)
     use_triangle_wave_masking: bool = False  # needs use_adaptive_attention
     softness_span_mask: float = 32.0  # R, the width of the span's linear ramp
-    period_min_triangle_wave_masking: float = 2.0
-    period_max_triangle_wave_masking: float = 8.0
+    period_min_triangle_wave_masking: float = 2.0  # smallest period p of the learned triangle wave
+    period_max_triangle_wave_masking: float = 8.0  # largest period p
     triangle_wave_harmonics: int = 5  # K of the Fourier triangle wave
     span_reg: float = 4e-6  # lambda of the span loss, added in training mode only
     max_span: int | None = None  # S; None means block_size
@@ -142,7 +142,7 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         quantum = min(REACH_QUANTUM, self.block)
         return -(-r // quantum) * quantum
 
-    def mask(self, Tq, Tk, q_offset, given=None):
+    def mask(self, Tq, Tk, q_offset):
         if torch.is_grad_enabled():
             reach, table = self.reach(), self.log_mask
         else:  # eval and decoding: reuse the mask until a parameter changes (in-place updates bump _version)

@@ -10,7 +10,9 @@ the mean attention distance sum_j a_ij (i - j); the entropy uniform attention ov
 (mean_i log #allowed_i), for reference. Per layer, from the mask: attended pairs, sparsity against T^2 and
 against the causal triangle T(T+1)/2, the average attended span (allowed keys per query) and T^2 / attended
 ("memory reduction"); overall = sum over layers. Writes analysis.json, analysis.md, entropy.png (per-layer entropy,
-one curve per checkpoint) and heatmaps/<label>_layer<l>.png (head-averaged weights of the first sequence, cropped).
+one curve per checkpoint) and heatmaps/<label>_layer<l>.png (head-averaged weights of the first sequence, cropped)
+to --out_dir, by default <directory of the first checkpoint>/analysis, whatever the working directory. Progress over
+the checkpoints goes to stderr, only when stderr is a terminal.
 
 How the weights are obtained, for every variant alike: during one forward pass of the objective's batch, every
 attention call's kernel is the dense reference, which returns the probabilities (with the call's real q, k, v, mask
@@ -18,11 +20,12 @@ and scale), in call order.
 """
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import checkpoint
 import configurator
@@ -41,7 +44,7 @@ class AnalysisConfig:
     batch_size: int = 4  # eval sequences
     seq_len: int = 0  # 0 = the model's block_size
     crop: int = 128  # heatmaps show the first crop x crop queries/keys (SPEC: 128 x 128 crops)
-    out_dir: str = "analysis_out"
+    out_dir: str = ""  # default: <directory of the first checkpoint>/analysis
     device: str = "cpu"
     seed: int = 0
 
@@ -185,10 +188,15 @@ def markdown(reports):
     return "\n".join(lines)
 
 
+def default_out_dir(paths):
+    """Where the outputs go without --out_dir: beside the first checkpoint, in <its directory>/analysis."""
+    return Path(paths[0]).parent / "analysis"
+
+
 def load(paths, cfg):
     """[(checkpoint, model, objective, (x, y) eval batch)] for each checkpoint path."""
     loaded = []
-    for path in paths:
+    for path in tqdm(paths, desc="loading", unit="ckpt", disable=None, leave=False):
         ckpt = checkpoint.load(path)
         model = checkpoint.build_model(ckpt, variants.get, path)
         data_dir = cfg.data_dir or (ckpt.get("config") or {}).get("data_dir", "")
@@ -203,13 +211,16 @@ def load(paths, cfg):
 
 
 def run(paths, labels, cfg, command):
-    """Analyse each checkpoint on its eval batch; write analysis.json/.md, entropy.png and heatmaps to cfg.out_dir."""
+    """Analyse each checkpoint on its eval batch; write analysis.json/.md, entropy.png and heatmaps to cfg.out_dir
+    (empty: default_out_dir(paths)). Every checkpoint loads and gets its batch before anything is written."""
     loaded = load(paths, cfg)
+    cfg = replace(cfg, out_dir=cfg.out_dir or str(default_out_dir(paths)))  # analysis.json records where it went
     out = Path(cfg.out_dir)
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     reports = {}
-    for label, (ckpt, model, objective, (x, y)) in zip(labels, loaded):
+    for label, (ckpt, model, objective, (x, y)) in tqdm(list(zip(labels, loaded)), desc="analysis", unit="ckpt",
+                                                        disable=None, leave=False):
         model.to(device)
         batch = objective.prepare(model.config, x.to(device), y.to(device),
                                   generator=torch.Generator().manual_seed(cfg.seed))
@@ -218,7 +229,8 @@ def run(paths, labels, cfg, command):
         reports[label] = rep
         for l, w in enumerate(maps):
             plot_heatmap(w, f"{label} layer {l} (head mean)", out / "heatmaps" / f"{label}_layer{l}.png")
-        print(f"{label}: entropy per layer " + " ".join(f"{s['entropy']:.2f}" for s in rep["layers"]))
+        tqdm.write(f"{label}: entropy per layer " + " ".join(f"{s['entropy']:.2f}" for s in rep["layers"]),
+                   file=sys.stdout)
     plot_entropy(reports, out / "entropy.png")
     table = markdown(reports)
     (out / "analysis.json").write_text(json.dumps({"config": asdict(cfg), "reports": reports}, indent=1) + "\n")
@@ -234,7 +246,7 @@ def main(argv):
         if not paths:
             raise configurator.ConfigError("give --ckpt=PATH[,PATH...] (a checkpoint file or its out_dir)")
         paths = [p / "ckpt.pt" if p.is_dir() else p for p in paths]
-        labels = cfg.labels.split(",") if cfg.labels else [p.parent.name for p in paths]
+        labels = cfg.labels.split(",") if cfg.labels else [p.resolve().parent.name for p in paths]
         if len(labels) != len(paths) or len(set(labels)) != len(labels):
             raise configurator.ConfigError(f"need one distinct label per checkpoint, got {labels}")
         if cfg.batch_size < 1 or cfg.seq_len < 0 or cfg.crop < 0:

@@ -7,7 +7,7 @@ A mask is described (AttnMask), not materialised, so fast paths can skip the wor
 KVCache keeps every key of a layer for decoding; RollingKVCache only the last few a window or span can reach.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn import functional as F
@@ -24,6 +24,8 @@ class AttnMask:
     distance_bias: (H, D) additive bias by distance, d in [0, D); implies window D. Learned log-masks such as adaptive
                    span and periodic masking are functions of distance, so blocked kernels can slice them for free.
     bias:          an additive float term broadcastable to (B, H, Tq, Tk), may require grad (padding, DeBERTa).
+    segments:      (B, T) document index of every position of a whole sequence: only pairs within one document
+                   (packed text with doc_mask).
     block:         query block of the banded fast path (0: chosen from the reach by band_block).
     A layout with a pattern of its own (duo's interleaving) subclasses this and overrides dense_allowed.
     """
@@ -32,10 +34,12 @@ class AttnMask:
     q_offset: int = 0
     distance_bias: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
     block: int = 0
 
     def is_plain_causal(self):
-        return self.causal and self.window is None and self.distance_bias is None and self.bias is None
+        return (self.causal and self.window is None and self.distance_bias is None and self.bias is None
+                and self.segments is None)
 
     def reach(self):
         """Largest distance that can be attended (+1), or None if unlimited."""
@@ -47,13 +51,19 @@ class AttnMask:
         return (torch.arange(Tq, device=device)[:, None] + self.q_offset) - torch.arange(Tk, device=device)[None, :]
 
     def dense_allowed(self, Tq, Tk, device):
-        """The (Tq, Tk) bool matrix of allowed pairs (or None if everything is allowed)."""
+        """The (Tq, Tk) bool matrix of allowed pairs, (B, 1, Tq, Tk) with segments (or None if all are allowed)."""
         reach = self.reach()
-        if not self.causal and reach is None:
-            return None
-        dist = self.distances(Tq, Tk, device)
-        keep = dist >= 0 if self.causal else torch.ones_like(dist, dtype=torch.bool)
-        return keep if reach is None else keep & (dist < reach)
+        keep = None
+        if self.causal or reach is not None:
+            dist = self.distances(Tq, Tk, device)
+            keep = dist >= 0 if self.causal else torch.ones_like(dist, dtype=torch.bool)
+            keep = keep if reach is None else keep & (dist < reach)
+        if self.segments is not None:
+            if Tq != Tk or self.q_offset:
+                raise ValueError("a document mask covers one whole sequence (no KV cache)")
+            same = (self.segments[:, :, None] == self.segments[:, None, :])[:, None]  # (B, 1, T, T)
+            keep = same if keep is None else keep & same
+        return keep
 
     def dense_bias(self, Tq, Tk, device):
         """The additive (.., Tq, Tk) score bias (or None): bias plus distance_bias gathered at each pair's distance."""
@@ -64,6 +74,18 @@ class AttnMask:
             by_distance = self.distance_bias[:, dist]  # (H, Tq, Tk); out-of-range pairs are disallowed anyway
             total = by_distance if total is None else total + by_distance
         return total
+
+
+def combine(own, given):
+    """A layer's own mask with the pattern of the input's layout: a layout with a pattern of its own (an AttnMask
+    subclass, e.g. duo's) replaces the layer's; otherwise the layer keeps its mask and takes the layout's
+    document segments and additive bias (padding)."""
+    if given is None:
+        return own
+    if type(given) is not AttnMask:
+        return given
+    bias = given.bias if own.bias is None or given.bias is None else own.bias + given.bias
+    return replace(own, segments=given.segments, bias=own.bias if given.bias is None else bias)
 
 
 def dense_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None, return_weights=False):
@@ -147,16 +169,25 @@ def banded_attention(q, k, v, mask, reach, block, dropout_p=0.0, scale=None):
     dist = torch.arange(b, device=q.device)[:, None] + (W - 1) - torch.arange(K, device=q.device)[None, :]
     key_pos = torch.arange(nb, device=q.device)[:, None] * b - (W - 1) + torch.arange(K, device=q.device)
     keep = ((dist >= 0) & (dist < W))[None] & (key_pos >= 0)[:, None, :]  # (nb, b, K)
+    if mask.segments is not None:  # and only within a document: (B, nb, b, K)
+        seg = F.pad(mask.segments, (0, pad), value=-1)  # padded queries and keys share a segment: no empty rows
+        seg_k = F.pad(seg, (W - 1, 0), value=-2).unfold(1, K, b)  # (B, nb, K); left padding matches nothing
+        keep = keep[None] & (seg.view(B, nb, b)[..., :, None] == seg_k[..., None, :])
     q_blocks, k_blocks, v_blocks = fold(F.pad(q, (0, 0, 0, pad)).view(B, H, nb, b, hd), b), gather(k), gather(v)
     if by_head:  # a learnable bias: plain matmuls (SDPA's math path would scale k too and add passes)
         tile = mask.distance_bias[:, dist.clamp(0, mask.distance_bias.size(-1) - 1)].to(q.dtype)  # (H, b, K)
-        bias = (tile[:, None] + torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf")))
+        masked = torch.zeros_like(keep, dtype=q.dtype).masked_fill(~keep, float("-inf"))
+        if keep.dim() == 3:
+            bias = (tile[:, None] + masked).reshape(1, H * nb, b, K)
+        else:
+            bias = (tile[None, :, None] + masked[:, None]).reshape(B, H * nb, b, K)
         scores = (q_blocks * (hd ** -0.5 if scale is None else scale)) @ k_blocks.transpose(-1, -2)
-        probs = torch.softmax(scores + bias.reshape(1, H * nb, b, K), dim=-1)
+        probs = torch.softmax(scores + bias, dim=-1)
         probs = F.dropout(probs, dropout_p) if dropout_p else probs
         return (probs @ v_blocks).view(B, H, nb * b, hd)[:, :, :T]
+    keep = keep.expand(B, nb, b, K) if keep.dim() == 4 else keep[None].expand(B, nb, b, K)
     y = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, dropout_p=dropout_p, scale=scale,
-                                       attn_mask=keep[None, :, None].expand(B, nb, 1, b, K).reshape(B * nb, 1, b, K))
+                                       attn_mask=keep.reshape(B * nb, 1, b, K))
     return y.view(B, nb, H, b, hd).transpose(1, 2).reshape(B, H, nb * b, hd)[:, :, :T]
 
 

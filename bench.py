@@ -13,7 +13,9 @@ reports parameters; analytic forward FLOPs per token (checked against torch.util
 path); forward and forward+backward time (median, IQR); tokens/s; MFU against a matmul peak measured here and now;
 peak memory (CUDA allocator, or process peak RSS on CPU); forward latency p50/p95/p99 at batch 1; the ideal speedup
 over the baseline entry (analytic FLOP ratio) next to the measured one (time ratio); and cached vs uncached greedy
-generation (speed, and whether both give the same tokens). Writes bench.md, bench.json and plots to --out_dir.
+generation (speed, and whether both give the same tokens). Writes bench.md, bench.json and, for several lengths,
+bench.png to --out_dir, by default bench_out/ in the repository (beside this file, whatever the working directory),
+and prints the absolute paths it wrote.
 """
 import json
 import statistics
@@ -31,13 +33,22 @@ import variants
 from attention import share_kv_heads
 
 
+# A benchmark belongs to no run, so there is no run directory to write beside. The default is one fixed, git-ignored
+# folder in the repository: unlike the working directory it does not scatter bench_out/ folders wherever bench.py is
+# started, and unlike a required --out_dir it keeps the plain `python bench.py` working. From the repository root it
+# is ./bench_out/; from anywhere else it is the same folder. Each default run replaces the files of the previous one;
+# --out_dir keeps runs apart.
+DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "bench_out"
+
+
 @dataclass
 class BenchConfig:
     variants: str = "gpt"  # comma-separated variant names and/or config files, or "all"
     baseline: str = ""  # label of the entry speedups are relative to (default: the first)
     modes: str = "eager"  # comma-separated: eager, compile
-    component: str = "model"  # "model" (whole LM, fwd+bwd of the loss), "attention" (first attention layer with
-    # its projections) or "kernel" (that layer's softmax(q k^T + mask) v alone: what masking can save)
+    # "model": the whole LM, fwd+bwd of the loss; "attention": the first attention layer with its projections;
+    # "kernel": that layer's softmax(q k^T + mask) v alone, what masking can save
+    component: str = "model"  # model | attention | kernel (what is timed)
     seq_lens: tuple[int, ...] | int | None = None  # e.g. 1024,2048,4096 (default: block_size)
     n_layer: int = 6
     n_head: int = 6
@@ -48,12 +59,12 @@ class BenchConfig:
     batch_size: int = 12
     device: str = "auto"
     dtype: str = "auto"  # float32 on CPU, bfloat16 on CUDA
-    reps: int = 10
-    warmup: int = 2
-    latency_reps: int = 20
+    reps: int = 10  # timed rounds, interleaved across entries
+    warmup: int = 2  # untimed training steps per entry first (and compilation)
+    latency_reps: int = 20  # batch-1 forward passes for the latency percentiles
     gen_tokens: int = 250  # new tokens for the cached vs uncached generation comparison (0 skips it)
     gen_reps: int = 3  # interleaved cached/uncached generations; the table gives medians
-    out_dir: str = "bench_out"
+    out_dir: str = str(DEFAULT_OUT_DIR)  # bench_out/ in the repository, whatever the working directory
     seed: int = 0
 
 
@@ -381,7 +392,7 @@ def main(argv):
     flop_checks = flop_counter_checks(entries, shape, min(seq_lens), device)
     table = markdown_table(results, flop_checks, gen, baseline, cfg)
     print(table)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report = {"command": "python bench.py " + " ".join(argv), "config": asdict(cfg), "device": str(device),
               "dtype": str(dtype), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -10,6 +10,10 @@ Strided sliding window: the first window of block_size tokens scores all its tok
 token, bits per byte (from meta.json's byte counts), bits per character for byte and char data, token perplexity,
 per-word perplexity for WikiText (exp(total loss / (words + lines)), the count the published numbers use), and token
 accuracy. --attention=True adds the attention analysis (analysis.py) of the same checkpoint.
+
+Files land beside the run, whatever the working directory: <out_dir>/eval_<split>.json, and with --attention=True
+<out_dir>/attention/ (analysis.json, analysis.md, entropy.png, heatmaps/). stdout carries the result line and the
+paths written; a progress bar goes to stderr when stderr is a terminal.
 """
 import json
 import math
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import analysis
 import checkpoint
@@ -56,9 +61,11 @@ def window_plan(n_tokens, block_size, stride):
 
 @torch.no_grad()
 def score(model, data, block_size, stride, batch_size, device, autocast):
-    """Total CE (nats), correct predictions and scored-token count over the whole token array."""
+    """Total CE (nats), correct predictions and scored-token count over the whole token array. Progress (tokens
+    scored) goes to stderr, only when stderr is a terminal."""
     plan, T = window_plan(len(data), block_size, stride)
     total, correct, count = 0.0, 0, 0
+    bar = tqdm(total=len(data) - 1, unit="tok", unit_scale=True, desc="eval", disable=None, leave=False)
     for i in range(0, len(plan), batch_size):
         chunk = plan[i:i + batch_size]
         x = torch.from_numpy(np.stack([data[s:s + T] for s, _ in chunk]).astype(np.int64)).to(device)
@@ -71,6 +78,8 @@ def score(model, data, block_size, stride, batch_size, device, autocast):
             total += losses[row, first:].double().sum().item()
             correct += int(hits[row, first:].sum())
             count += T - first
+            bar.update(T - first)
+    bar.close()
     return total, correct, count
 
 
@@ -130,7 +139,7 @@ def main(argv):
     out.write_text(json.dumps({"config": asdict(cfg), **result}, indent=1) + "\n")
     print(f"wrote {out}")
     if cfg.attention:
-        analysis.run([path], [Path(cfg.out_dir).name], analysis.AnalysisConfig(
+        analysis.run([path], [Path(cfg.out_dir).resolve().name], analysis.AnalysisConfig(
             data_dir=data_dir, split=cfg.split, out_dir=str(Path(cfg.out_dir) / "attention"), device=device.type),
             "python eval.py " + " ".join(argv))
 

@@ -9,12 +9,16 @@ attention_flops adds its relative-position terms. How often each Linear and atte
 layer n_layer times, DeBERTa's mask decoder twice, a [CLS] pooler on one row per sequence, an MLM head on the masked
 rows only) is read off one forward pass, so no model has to declare it.
 """
+import statistics
+import time
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from attention import combine
 from model import CausalSelfAttention
 
 
@@ -47,9 +51,9 @@ def count(model, run, tokens, dense=False):
         T = x.size(1)
         if dense:
             pairs = T * T
-        elif given is not None:  # the layout's own pattern: the pairs it allows
-            keep = given.dense_allowed(T, T, x.device)
-            pairs = T * T if keep is None else int(keep.sum())
+        elif given is not None:  # with the layout's pattern (documents, duo): the pairs both allow, per sequence
+            keep = combine(module.mask(T, T, 0), given).dense_allowed(T, T, x.device)
+            pairs = T * T if keep is None else keep.sum().item() / (keep.size(0) if keep.dim() == 4 else 1)
         else:
             pairs = module.attended_entries(T)
         totals["attention"] += x.size(0) * module.attention_flops(T, pairs)
@@ -80,6 +84,23 @@ def layer_flops_per_token(attn, T):
     """One attention layer with its projections, per token of a length-T sequence."""
     linears = sum(2 * m.weight.numel() for m in attn.modules() if isinstance(m, nn.Linear))
     return linears + attn.attention_flops(T) / T
+
+
+def peak_flops(device, dtype, reps=3):
+    """FLOP/s of a large square matmul on this device and dtype (median of reps): the denominator of MFU."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(reps + 1):  # the first run warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
 
 
 def counter_check(model, run, tokens):

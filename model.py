@@ -13,17 +13,17 @@ import torch
 import torch.nn as nn
 
 import hf_import
-from attention import KERNELS, AttnMask, KVCache, share_kv_heads
+from attention import KERNELS, AttnMask, KVCache, combine, share_kv_heads
 
 
 @dataclass
 class GPTConfig:
-    block_size: int = 1024
+    block_size: int = 1024  # context length (positions)
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
+    n_layer: int = 12  # blocks
+    n_head: int = 12  # attention heads per layer
+    n_embd: int = 768  # model width
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches (training only)
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
     attn_impl: str = "sdpa"  # "sdpa" (fast path) or "dense" (readable reference, also gives attention weights)
     hidden_act: str = "gelu"  # "gelu" (exact, as nanoGPT; 2-3x cheaper on CPU) or "gelu_tanh" (GPT-2's own, for its weights)
@@ -72,10 +72,10 @@ class CausalSelfAttention(nn.Module):
         """Position-dependent transform of q, k (B, H, T, hd) at absolute positions pos (T,): rotary variants."""
         return q, k
 
-    def mask(self, Tq, Tk, q_offset, given=None):
-        """The AttnMask of Tq queries starting at absolute position q_offset over Tk keys. `given` is the pattern of
-        the input's layout (duo's interleaving, padding), when the input brings one."""
-        return AttnMask(causal=True, q_offset=q_offset) if given is None else given
+    def mask(self, Tq, Tk, q_offset):
+        """This layer's AttnMask of Tq queries starting at absolute position q_offset over Tk keys. The pattern of
+        the input's layout (documents, padding, duo's interleaving), when it has one, is combined with it."""
+        return AttnMask(causal=True, q_offset=q_offset)
 
     def attend(self, q, k, v, mask):
         """Per-head outputs (B, H, T, hd) of softmax(q k^T / sqrt(hd) + mask) v."""
@@ -107,7 +107,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             q_offset = cache.len
             k, v = cache.append(k, v)
-        mask = self.mask(q.size(-2), k.size(-2), q_offset, mask)
+        mask = combine(self.mask(q.size(-2), k.size(-2), q_offset), mask)
         y = self.attend(q, share_kv_heads(k, self.n_head), share_kv_heads(v, self.n_head), mask)
         y = y.transpose(1, 2).contiguous().view(x.shape)
         return self.resid_dropout(self.c_proj(y))

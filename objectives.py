@@ -9,7 +9,7 @@ objective; train.py, sample.py, eval.py and bench.py talk to the objective and n
 What passes from an objective to a model is a Batch; objective.logits(model, batch) hands the model the fields its
 forward declares.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,19 @@ class NextTokenLM:
     def fill_mask(self, model, segments, top_k=5):
         raise NotImplementedError("this model has no fill-mask mode (duo-predict and the encoders do)")
 
+    def documents(self, batch, separator, restart_positions=False):
+        """The batch with attention cut at the document boundaries of packed text: the token after a separator
+        starts a new document (the separator ends its own), and no query sees a key of another document. With
+        restart_positions every document's positions count from 0."""
+        ends = batch.idx == separator
+        segments = torch.cumsum(ends, dim=1) - ends.long()  # separators strictly before each position
+        pos = batch.pos
+        if restart_positions:
+            t = torch.arange(batch.idx.size(1), device=batch.idx.device)
+            starts = torch.cat((torch.ones_like(ends[:, :1]), ends[:, :-1]), dim=1)
+            pos = t - torch.cummax(torch.where(starts, t, 0), dim=1).values
+        return replace(batch, mask=AttnMask(causal=True, segments=segments), pos=pos)
+
 
 # ---- duo-predict ------------------------------------------------------------------------------------------------
 
@@ -163,6 +176,9 @@ class InterleavedLM(NextTokenLM):
         return Batch(idx=idx, targets=targets, pos=pos, mask=DuoMask(variant=config.duo_mask_variant),
                      next_tokens=y)
 
+    def documents(self, batch, separator, restart_positions=False):
+        raise ValueError("doc_mask applies to next-token language models; duo-predict's layout has its own pattern")
+
     @torch.no_grad()
     def metrics(self, logits, batch):
         out = token_metrics(logits[:, 0::2], batch.next_tokens)  # next-token metrics at original positions only
@@ -235,6 +251,9 @@ class MaskedLM(NextTokenLM):
 
     def logits(self, model, batch):
         return model(batch.idx, token_types=batch.token_types, predict=batch.targets != -1)
+
+    def documents(self, batch, separator, restart_positions=False):
+        raise ValueError("doc_mask applies to next-token language models; an encoder's pairs are built per row")
 
     def loss(self, logits, batch):
         targets = batch.targets

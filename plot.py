@@ -1,7 +1,10 @@
 """
 Plot loss curves from one or more runs' metrics.jsonl (train loss thin, val loss thick, one colour per run):
 
-    python plot.py out-shakespeare-char-cpu out-other --out=loss.png
+    python plot.py out-shakespeare-char-cpu                      # -> out-shakespeare-char-cpu/loss.png
+    python plot.py out-shakespeare-char-cpu out-other --out=/tmp/compare.png
+
+Without --out the PNG goes beside the first run: <its out_dir>/loss.png, whatever the working directory.
 """
 import argparse
 import json
@@ -22,7 +25,7 @@ def read_metrics(run):
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("runs", nargs="+", help="out_dir of a run (or a metrics.jsonl path)")
-    parser.add_argument("--out", default="loss.png", help="output PNG")
+    parser.add_argument("--out", default=None, help="output PNG (default: <first run's out_dir>/loss.png)")
     parser.add_argument("--title", default="loss")
     args = parser.parse_args(argv)
     try:
@@ -30,6 +33,7 @@ def main(argv):
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    out = Path(args.out) if args.out else runs[0][0].parent / "loss.png"
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -47,8 +51,8 @@ def main(argv):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {args.out}")
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

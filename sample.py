@@ -6,7 +6,8 @@ Generate text from a trained checkpoint (or from GPT-2 weights):
     python sample.py --init_from=gpt2 --start="The meaning of life is"
     python sample.py --out_dir=out-bert --mode=fill --start="The cat sat on the [MASK]."   # encoders, duo-predict
 
-The tokenizer is the one the run's data was prepared with (stored in the checkpoint).
+The tokenizer is the one the run's data was prepared with (stored in the checkpoint). Samples go to stdout and errors
+to stderr; sample.py writes no files.
 """
 import sys
 from dataclasses import dataclass
@@ -30,13 +31,13 @@ class SampleConfig:
     num_samples: int = 3
     max_new_tokens: int = 500
     temperature: float = 0.8  # 0 = greedy
-    top_k: int | None = 200
+    top_k: int | None = 200  # sample among the k most likely tokens (None: all)
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"  # bfloat16 on CUDA, float32 on CPU
-    use_cache: bool = True
+    use_cache: bool = True  # KV-cache decoding (gives the same tokens as without)
     mode: str = "generate"  # "generate", or "fill": predict each mask_text in the prompt from both sides
-    mask_text: str = "[MASK]"
+    mask_text: str = "[MASK]"  # fill mode: the marker of each gap in the prompt
 
 
 def fail(message, code=1):

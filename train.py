@@ -29,52 +29,56 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import configurator
+import flops
 import runtime
 import variants
 from data.common import DataError, load_meta, open_split
 from model import GPTConfig
+from objectives import Batch
 
 
 @dataclass
 class TrainConfig:
     # I/O
-    out_dir: str = "out"
+    out_dir: str = "out"  # config.json, metrics.jsonl, ckpt.pt and best.pt go here
     overwrite: bool = False  # a scratch run refuses to replace an existing out_dir/ckpt.pt unless this is set
-    eval_interval: int = 2000
-    log_interval: int = 1
-    eval_iters: int = 200
-    eval_only: bool = False
+    eval_interval: int = 2000  # evaluate (and checkpoint) every this many steps
+    log_interval: int = 1  # print and log a training step every this many steps
+    eval_iters: int = 200  # batches per split in each evaluation
+    eval_only: bool = False  # evaluate once (e.g. a resumed checkpoint) and exit
     always_save_checkpoint: bool = True  # write ckpt.pt at every eval, not only when val improves
     init_from: str = "scratch"  # "scratch", "resume" (out_dir/ckpt.pt), or HF weights (a GPT-2 name, a local HF dir)
     # logging
-    wandb_log: bool = False
+    wandb_log: bool = False  # mirror metrics.jsonl to Weights & Biases (never stops the run if it fails)
     wandb_project: str = "attention-variants"
     wandb_run_name: str = "run"
     # data
-    dataset: str = "shakespeare_char"
+    dataset: str = "shakespeare_char"  # data/<dataset> unless data_dir is set
     data_dir: str = ""  # default: data/<dataset>
+    doc_mask: bool = False  # attention never crosses the document separator that meta.json names (packed text)
+    doc_positions: bool = False  # with doc_mask: positions restart at 0 in every document
     gradient_accumulation_steps: int = 1  # total over all ranks
     batch_size: int = 12  # per micro-step per rank
     # model
-    variant: str = "gpt"
+    variant: str = "gpt"  # a registered variant (variants.names()); --help with --variant=NAME lists its keys
     # AdamW
-    learning_rate: float = 6e-4
-    max_iters: int = 600000
-    weight_decay: float = 0.1
+    learning_rate: float = 6e-4  # peak learning rate, after warmup
+    max_iters: int = 600000  # optimizer steps in all
+    weight_decay: float = 0.1  # on matrices and embeddings only, never biases or norms
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables
     # learning-rate schedule: linear warmup, then cosine (or linear) decay to min_lr at lr_decay_iters
-    decay_lr: bool = True
+    decay_lr: bool = True  # False: constant learning_rate
     lr_schedule: str = "cosine"  # "cosine" (nanoGPT) or "linear" (HF Trainer's default)
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000
-    min_lr: float = 6e-5
+    warmup_iters: int = 2000  # linear warmup steps
+    lr_decay_iters: int = 600000  # step at which the decay reaches min_lr
+    min_lr: float = 6e-5  # learning rate at and after lr_decay_iters
     # system
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 on CPU; or float32 / bfloat16 / float16
-    compile: bool = False
-    seed: int = 1337
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337  # fixes the init and, per micro-batch, every batch and dropout draw
     # fault tolerance
     ckpt_interval: int = 0  # also write ckpt.pt every this many steps (0: only at evals)
     keep_last: int = 0  # keep the newest N step checkpoints as ckpt_<iter>.pt besides ckpt.pt
@@ -95,6 +99,7 @@ class TrainConfig:
             (self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be stop or skip, not {self.on_nonfinite!r}"),
             (self.ckpt_interval >= 0 and self.keep_last >= 0, "ckpt_interval and keep_last must be >= 0"),
             (self.ddp_timeout_s >= 1, f"ddp_timeout_s must be >= 1, got {self.ddp_timeout_s}"),
+            (self.doc_mask or not self.doc_positions, "doc_positions needs doc_mask=True"),
             (not self.decay_lr or self.lr_decay_iters > self.warmup_iters,
              f"lr_decay_iters ({self.lr_decay_iters}) must exceed warmup_iters ({self.warmup_iters})"),
         ]
@@ -273,9 +278,18 @@ def read_config(argv):
         fail(e, 2)
     data_dir = cfg.data_dir or os.path.join("data", cfg.dataset)
     try:
-        return cfg, model_cfg, explicit, data_dir, load_meta(data_dir)
+        meta = load_meta(data_dir)
     except DataError as e:
         fail(e)
+    if cfg.doc_mask:
+        if meta.get("doc_separator") is None:
+            fail(f"doc_mask=True but {data_dir}/meta.json names no doc_separator (packed documents); prepare the data "
+                 f"with a script that marks them (tinystories, wikitext103 --mark_articles)", 2)
+        try:  # the objective must be one that packs documents
+            variants.get(cfg.variant).objective.documents(Batch(torch.zeros(1, 2, dtype=torch.long), None), 0)
+        except ValueError as e:
+            fail(e, 2)
+    return cfg, model_cfg, explicit, data_dir, meta
 
 
 def build_from_scratch(cfg, model_cfg, explicit, variant, meta, ckpt_path):
@@ -341,7 +355,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.ckpt_path = self.out_dir / "ckpt.pt"
         self.accum = cfg.gradient_accumulation_steps // ranks.world
-        self.autocast = runtime.autocast(device, dtype)
+        self.dtype, self.autocast = dtype, runtime.autocast(device, dtype)
         self.sampler = BatchSampler(data_dir, meta, model.config.block_size, cfg.batch_size, cfg.seed, device)
         self.raw_model = model
         if ranks.master:
@@ -371,7 +385,10 @@ class Trainer:
     def batch(self, split, index, stream):
         """Batch `index` of a split, with the objective's randomness (MLM masking) seeded by it too."""
         gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.cfg.seed, stream, index))
-        return self.objective.prepare(self.raw_model.config, *self.sampler.get(split, index), generator=gen)
+        batch = self.objective.prepare(self.raw_model.config, *self.sampler.get(split, index), generator=gen)
+        if self.cfg.doc_mask:
+            batch = self.objective.documents(batch, self.meta["doc_separator"], self.cfg.doc_positions)
+        return batch
 
     def step_loss(self, batch):
         with self.autocast:
@@ -477,6 +494,11 @@ class Trainer:
         cfg, master = self.cfg, self.ranks.master
         start_iter = self.iter_num
         batch = self.batch("train", self.micro_index(self.iter_num, 0), stream=0)
+        if master:  # MFU: 3x the forward FLOPs of this rank's micro-batches per step, against a matmul peak read here
+            first = batch
+            step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
+                                                                                                    first), 1)["total"]
+            peak, mean_dt = flops.peak_flops(self.device, self.dtype), None
         t0 = time.time()
         while True:
             lr = get_lr(cfg, self.iter_num)
@@ -492,12 +514,16 @@ class Trainer:
             lossf, grad_norm, nonfinite, preempted, batch = self.optimizer_step(batch, preemption)
             t1 = time.time()
             dt, t0 = t1 - t0, t1
+            if master:
+                mean_dt = dt if mean_dt is None or self.iter_num == start_iter + 1 else 0.9 * mean_dt + 0.1 * dt
             if self.iter_num % cfg.log_interval == 0 and master:
                 tps = cfg.gradient_accumulation_steps * cfg.batch_size * self.raw_model.config.block_size / dt
-                print(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, tok/s {tps:,.0f}")
+                mfu, eta = step_flops / dt / peak, (cfg.max_iters - self.iter_num - 1) * mean_dt
+                print(f"iter {self.iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, tok/s {tps:,.0f}, "
+                      f"mfu {mfu * 100:.1f}%, eta {timedelta(seconds=round(eta))}")
                 self.log.write({"iter": self.iter_num, "kind": "train", "loss": lossf, "lr": lr,
-                                "grad_norm": float(grad_norm), "dt_ms": dt * 1000, "tokens_per_s": tps,
-                                "skipped": nonfinite})
+                                "grad_norm": float(grad_norm), "dt_ms": dt * 1000, "tokens_per_s": tps, "mfu": mfu,
+                                "eta_s": eta, "skipped": nonfinite})
             self.iter_num += 1
             if preempted:
                 return True

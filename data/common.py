@@ -7,6 +7,7 @@ meta.json says how to read them:
      "dtype": "uint8"|"uint16",
      "splits": {"train": {"tokens": int, "bytes": int, "words": int}, "val": {...}, "test": {...}?},
      "chars": [...] (char only), "eot_token": int (gpt2 only),
+     "doc_separator": int (packed documents: the id that ends every document; train.py's doc_mask reads it),
      "sources": [{"path": str, "sha256": str, "bytes": int}]}
 `bytes` (UTF-8 bytes of the split's source text) and `words` (whitespace-split words) let an evaluation convert a
 per-token loss into bits per byte/character or per-word perplexity.
@@ -143,6 +144,9 @@ def _check_meta(meta, where: str) -> None:
         bad(f"a byte tokenizer needs vocab_size 256, found {vocab_size}")
     if meta["tokenizer"] == "gpt2" and not isinstance(meta.get("eot_token"), int):
         bad("a gpt2 tokenizer needs an int 'eot_token'")
+    sep = meta.get("doc_separator")
+    if sep is not None and (not isinstance(sep, int) or isinstance(sep, bool) or not 0 <= sep < vocab_size):
+        bad(f"doc_separator must be a token id in [0, {vocab_size}), found {sep!r}")
 
 
 def load_meta(data_dir) -> dict:

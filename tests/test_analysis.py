@@ -12,6 +12,7 @@ import analysis
 import checkpoint
 import variants
 from attention import AttnMask, dense_attention
+from conftest import REPO, run
 from data.common import write_dataset
 from model import CausalSelfAttention
 
@@ -155,3 +156,32 @@ def test_cli_errors_are_one_clear_line(tiny_run, capsys, args, message):
         analysis.main([a.format(full=paths["full"]) for a in args])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_outputs_default_to_beside_the_first_checkpoint_not_the_working_directory(tiny_run):
+    """Started from an empty directory without --out_dir: everything lands in <first checkpoint's directory>/analysis,
+    the working directory stays empty, and no progress bar reaches the logs (stderr is a pipe)."""
+    tmp_path, _, paths = tiny_run
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    proc = run([str(REPO / "analysis.py"), f"--ckpt={paths['full'].parent},{paths['windowed']}", "--batch_size=2",
+                "--crop=8"], cwd=cwd)
+    assert list(cwd.iterdir()) == []
+    out = paths["full"].parent / "analysis"
+    config = json.loads((out / "analysis.json").read_text())["config"]
+    assert config["out_dir"] == str(out)
+    assert set(json.loads((out / "analysis.json").read_text())["reports"]) == {"full", "windowed"}  # dir names
+    assert {p.name for p in out.iterdir()} == {"analysis.json", "analysis.md", "entropy.png", "heatmaps"}
+    assert len(list((out / "heatmaps").iterdir())) == 6
+    assert [p.name for p in paths["windowed"].parent.iterdir()] == ["ckpt.pt"]  # only the first run gets outputs
+    assert f"wrote {out / 'analysis.json'}" in proc.stdout
+    assert "\r" not in proc.stdout + proc.stderr and "ckpt/s" not in proc.stderr
+
+
+def test_run_defaults_to_beside_the_checkpoint_and_honours_an_explicit_out_dir(tiny_run, tmp_path_factory):
+    tmp_path, data, paths = tiny_run
+    analysis.run([paths["windowed"]], ["w"], analysis.AnalysisConfig(batch_size=1, crop=0), "test")
+    assert (paths["windowed"].parent / "analysis" / "analysis.json").is_file()
+    explicit = tmp_path_factory.mktemp("explicit") / "attention"  # what eval.py passes: <run>/attention
+    analysis.run([paths["full"]], ["f"], analysis.AnalysisConfig(batch_size=1, crop=0, out_dir=str(explicit)), "test")
+    assert (explicit / "analysis.json").is_file() and not (paths["full"].parent / "analysis").exists()

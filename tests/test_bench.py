@@ -1,6 +1,7 @@
 """bench.py end to end at a tiny shape: entries from names and config files, several lengths; the analytic FLOP counts
 of every variant against torch's FlopCounterMode."""
 import json
+import shutil
 import statistics
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 
 import flops
 import variants
-from bench import build
-from conftest import run
+from bench import BenchConfig, build
+from conftest import REPO, run
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--batch_size=2", "--reps=2", "--latency_reps=2", "--warmup=1",
         "--device=cpu"]
@@ -107,3 +108,30 @@ def test_flops_per_token_sees_shared_and_repeated_layers():
     plain = build("deberta", {"emd": False}, SHAPE, torch.device("cpu"))
     a_emd, a_plain = flops.flops_per_token(emd, T)["attention"], flops.flops_per_token(plain, T)["attention"]
     assert a_emd == pytest.approx(a_plain * 5 / 4)  # 4 layers: 3 plain + the last one twice
+
+
+def test_default_out_dir_is_bench_out_in_the_repository():
+    assert BenchConfig().out_dir == str(REPO / "bench_out")
+
+
+def test_default_output_lands_in_the_repository_whatever_the_working_directory(tmp_path):
+    """A copy of the sources (so the real bench_out/ is left alone), started from an empty directory without
+    --out_dir: the files land in <copy>/bench_out, stdout names them, the working directory stays empty."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".*", "tests", "results", "out*", "bench_out",
+                                                               "__pycache__", "*.bin", "*.png", "wandb"))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    proc = run([str(repo / "bench.py"), "--seq_lens=16", "--gen_tokens=0", *TINY], cwd=cwd)
+    assert list(cwd.iterdir()) == []
+    out = repo.resolve() / "bench_out"
+    assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md"}
+    assert json.loads((out / "bench.json").read_text())["config"]["out_dir"] == str(out)
+    assert f"wrote {out / 'bench.md'}, {out / 'bench.json'}" in proc.stdout
+
+
+def test_relative_out_dir_is_taken_from_the_working_directory_and_printed_absolute(tmp_path):
+    proc = run([str(REPO / "bench.py"), "--seq_lens=16", "--gen_tokens=0", "--out_dir=mine", *TINY], cwd=tmp_path)
+    out = tmp_path.resolve() / "mine"
+    assert (out / "bench.json").is_file()
+    assert f"wrote {out / 'bench.md'}" in proc.stdout

@@ -1,6 +1,13 @@
 """eval.py: every token scored exactly once with the most left context the window allows."""
+import fcntl
 import json
 import math
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 
 import numpy as np
 import pytest
@@ -9,7 +16,7 @@ import torch.nn.functional as F
 
 import checkpoint
 import variants
-from conftest import run
+from conftest import REPO, run
 from eval import window_plan
 
 
@@ -63,3 +70,65 @@ def test_eval_bad_input(trained, tmp_path):
     assert proc.returncode == 1 and "not found" in proc.stderr
     proc = run(["eval.py", f"--out_dir={trained}", "--stride=99"], check=False)
     assert proc.returncode == 2 and "stride=99 exceeds block_size 16" in proc.stderr
+
+
+def parse_result_line(line):
+    """eval.py's result line, 'key value key value ...', as a dict of strings."""
+    words = line.split(" ")
+    assert len(words) % 2 == 0, line
+    return dict(zip(words[0::2], words[1::2]))
+
+
+def test_outputs_land_beside_the_run_and_stdout_is_only_results(trained, tmp_path):
+    """Started from another directory: eval_<split>.json and the attention analysis go under out_dir, nothing into
+    the working directory; stdout is the result line and the paths written, with no progress bar (stderr is a pipe)."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    before = {p.name for p in trained.iterdir()}
+    proc = run([str(REPO / "eval.py"), f"--out_dir={trained}", "--split=val", "--max_tokens=300", "--device=cpu",
+                "--attention=True"], cwd=cwd)
+    assert list(cwd.iterdir()) == []
+    assert {p.name for p in trained.iterdir()} - before <= {"eval_val.json", "attention"}
+    assert (trained / "attention" / "analysis.json").is_file()
+    assert sorted(p.name for p in (trained / "attention" / "heatmaps").iterdir()) == [
+        f"{trained.name}_layer{l}.png" for l in range(2)]
+    lines = proc.stdout.splitlines()
+    result = parse_result_line(lines[0])
+    assert result["tokens_scored"] == "299" and result["split"] == "val"
+    assert json.loads((trained / "eval_val.json").read_text())["loss"] == pytest.approx(float(result["loss"]),
+                                                                                        abs=1e-4)
+    assert lines[1] == f"wrote {trained / 'eval_val.json'}"
+    assert "\r" not in proc.stdout + proc.stderr and "tok/s" not in proc.stderr
+
+
+def run_with_terminal_stderr(args, cwd):
+    """Run a project script with stdout a pipe and stderr a pseudo-terminal: (stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=slave, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every writer of the terminal has closed it
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    assert proc.wait(timeout=600) == 0, shown.decode(errors="replace")
+    return out, shown.decode(errors="replace")
+
+
+def test_progress_goes_to_a_terminal_stderr_and_never_to_stdout(trained, tmp_path):
+    out, shown = run_with_terminal_stderr([str(REPO / "eval.py"), f"--out_dir={trained}", "--split=val",
+                                           "--max_tokens=300", "--device=cpu", "--batch_size=2"], cwd=tmp_path)
+    assert "eval:" in shown and "tok" in shown  # the bar, drawn on the terminal
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[1] == f"wrote {trained / 'eval_val.json'}"
+    assert parse_result_line(lines[0])["tokens_scored"] == "299"
+    assert list(tmp_path.iterdir()) == []

@@ -43,9 +43,7 @@ class AlibiAttention(CausalSelfAttention):
         distance = torch.arange(config.block_size, dtype=torch.float32)
         self.register_buffer("alibi", -alibi_slopes(self.n_head)[:, None] * distance, persistent=False)
 
-    def mask(self, Tq, Tk, q_offset, given=None):
-        if given is not None:  # a layout's own pattern (padding, interleaving) would need its own distances
-            raise ValueError("ALiBi builds its own distance mask; it does not combine with a layout mask")
+    def mask(self, Tq, Tk, q_offset):
         # the farthest pair is the last query (position q_offset + Tq - 1) and key 0
         D = min(self.block_size, q_offset + Tq)
         return AttnMask(causal=True, q_offset=q_offset, distance_bias=self.alibi[:, :D])

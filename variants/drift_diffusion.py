@@ -20,8 +20,8 @@ from variants.registry import register
 
 @dataclass
 class DriftDiffusionConfig(GPTConfig):
-    apply_drift: bool = True
-    apply_diffusion: bool = True
+    apply_drift: bool = True  # learned gated drift on every head's output
+    apply_diffusion: bool = True  # learned Gaussian noise on every head's output (training only)
     baseline_each_head: bool = True  # drift towards a learned per-head baseline (only used with apply_drift)
 
     def validate(self):

@@ -25,7 +25,7 @@ class EncoderConfig(GPTConfig):
     embedding_size: int = 0  # input embedding width E; 0 = n_embd (ALBERT factorises E -> H)
     type_vocab_size: int = 2  # token types (segments A/B); 0 = none
     layer_norm_eps: float = 1e-12
-    mlm_prob: float = 0.15
+    mlm_prob: float = 0.15  # share of the tokens selected for MLM (80 % [MASK], 10 % random, 10 % kept)
     max_ngram: int = 1  # MLM selects spans of 1..max_ngram tokens with p(n) ~ 1/n (ALBERT: 3)
     pair_task: str = "nsp"  # "nsp" (BERT), "sop" (ALBERT) or "none" (MLM only)
 
@@ -51,8 +51,8 @@ class EncoderConfig(GPTConfig):
 
 
 class BidirectionalSelfAttention(CausalSelfAttention):
-    def mask(self, Tq, Tk, q_offset, given=None):
-        return AttnMask(causal=False, q_offset=q_offset) if given is None else given
+    def mask(self, Tq, Tk, q_offset):
+        return AttnMask(causal=False, q_offset=q_offset)
 
     def attended_entries(self, T):
         return T * T

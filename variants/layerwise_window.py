@@ -62,8 +62,8 @@ def pattern_windows(pattern, n_layer, short_window, long_window):
 class LayerwiseConfig(GPTConfig):
     schedule: str = "full"  # full | half | quarter | aggressive | progressive | a JSON object (see module doc)
     start_layer: int = 0  # schedule="progressive" only (the JSON form's fields), used as given for any depth
-    start_window: int = 1024
-    end_window: int = 1
+    start_window: int = 1024  # schedule="progressive": window the halving starts from
+    end_window: int = 1  # schedule="progressive": smallest window
     first_window_is_start: bool = False  # presets/progressive: first masked layer gets start_window, not start/2
     windows: list[int] | None = None  # explicit per-layer windows, 0 = full causal; overrides schedule
     window_pattern: str = ""  # repeating pattern, e.g. "SSSL"; overrides schedule
@@ -166,7 +166,7 @@ class WindowedAttention(CausalSelfAttention):
         self.block = config.attn_block  # 0: attention.band_block picks it from the window
         self.flex = config.flex_attention
 
-    def mask(self, Tq, Tk, q_offset, given=None):
+    def mask(self, Tq, Tk, q_offset):
         # the farthest pair is the last query and key 0 (keys are numbered from the first key handed in)
         if self.window is None or self.window > q_offset + Tq - 1:
             return AttnMask(causal=True, q_offset=q_offset)

@@ -18,9 +18,9 @@ class LlamaConfig(GPTConfig):
     bias: bool = False  # LLaMA has no biases anywhere
     n_kv_head: int = 0  # key/value heads for grouped-query attention; 0 = n_head (plain multi-head)
     ffn_hidden: int = 0  # SwiGLU width; 0 = multiple_of * ceil((8d/3) / multiple_of), 11008 for d = 4096
-    multiple_of: int = 256
+    multiple_of: int = 256  # the SwiGLU width is rounded up to a multiple of this
     norm_eps: float = 1e-5  # the paper's ModelArgs; the released checkpoints use 1e-6
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # RoPE base
 
     def validate(self):
         super().validate()

@@ -9,8 +9,12 @@ def rope_frequencies(head_dim, base=10000.0):
 
 
 def rope_cos_sin(freqs, pos):
-    """cos, sin of the angles pos * freq: freqs (..., d/2) and pos (T,) give (..., T, d/2)."""
-    angles = pos.to(freqs.dtype)[:, None] * freqs[..., None, :]
+    """cos, sin of the angles pos * freq: freqs (..., d/2) and pos (T,) give (..., T, d/2); positions per row,
+    pos (B, T), give (B, ..., T, d/2)."""
+    if pos.dim() == 2:
+        angles = pos.to(freqs.dtype)[:, None, :, None] * freqs[..., None, :]
+    else:
+        angles = pos.to(freqs.dtype)[:, None] * freqs[..., None, :]
     return angles.cos(), angles.sin()
 
 

@@ -22,7 +22,7 @@ from variants.rotary import rope_cos_sin, rope_frequencies, rotate_interleaved
 class RotatingHeadConfig(GPTConfig):
     rotatinghead: str = "lr"  # lr (learned frequencies) | gp (fixed geometric progression across heads)
     rope_freq_norm: bool = False  # LayerNorm over each head's frequency vector
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0  # base of the RoPE spectrum (gp frequencies)
 
     def validate(self):
         super().validate()
@@ -58,7 +58,7 @@ class RotatingHeadAttention(CausalSelfAttention):
         return self.freqs if self.freq_norm is None else self.freq_norm(self.freqs)
 
     def cos_sin(self, pos):
-        if self.learned or self.freq_norm is not None:  # learned: recompute, the optimizer moves them every step
+        if self.learned or self.freq_norm is not None or pos.dim() > 1:  # learned ones move every step
             return rope_cos_sin(self.frequencies(), pos)
         key = (*self.table_key, str(pos.device))
         if key not in self._tables:  # fixed frequencies are the same in every layer: one table serves them all

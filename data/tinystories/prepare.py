@@ -85,6 +85,7 @@ def main():
         if not docs:
             raise DataError(f"no stories for the {name} split (only separators in the text?)")
     meta = gpt2_meta("tinystories")
+    meta["doc_separator"] = meta["eot_token"]  # every story ends with it
     splits = {name: gpt2_encode(docs, desc=f"encode {name}", eot=meta["eot_token"]) for name, docs in stories.items()}
     meta["splits"] = {name: {"stories": len(docs), "bytes": sum(len(s.encode("utf-8")) for s in docs),
                              "words": sum(len(s.split()) for s in docs)} for name, docs in stories.items()}

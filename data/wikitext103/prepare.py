@@ -9,7 +9,11 @@ decoding a split gives back its file byte for byte. meta.json records the tokens
 words of every split (and lines), for bits per byte and per-word perplexity: the published WikiText numbers use
 exp(total loss / (words + lines)), since the tokenized files count one <eos> per line.
 The explicit form allows other corpora in the same format, e.g. WikiText-2 raw valid as train and test as val.
+With --mark_articles every article (from its " = Title = " heading to the next one) is followed by <|endoftext|>,
+which meta.json names as doc_separator, so train.py's doc_mask can keep attention inside one article; decoding then
+gives the articles joined by that separator.
 """
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +23,14 @@ from data.common import (DataError, gpt2_encode, gpt2_meta, make_parser, read_te
 
 HF_ID, HF_CONFIG = "Salesforce/wikitext", "wikitext-103-raw-v1"
 RAW_FILES = {"train": "wiki.train.raw", "val": "wiki.valid.raw", "test": "wiki.test.raw"}
+ARTICLE_HEADING = re.compile(r"^ = [^=\n].* = $", re.MULTILINE)  # " = Title = ", not " = = Section = = "
+
+
+def articles(text):
+    """The text cut before every top-level heading line: the pieces join back to the text."""
+    starts = [m.start() for m in ARTICLE_HEADING.finditer(text)]
+    bounds = [0] + [s for s in starts if s > 0] + [len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def load_hf() -> tuple[dict, list]:
@@ -44,6 +56,7 @@ def main():
     p.add_argument("--train", type=Path, help="train text file (with --val; instead of --source)")
     p.add_argument("--val", type=Path, help="val text file")
     p.add_argument("--test", type=Path, help="optional test text file")
+    p.add_argument("--mark_articles", action="store_true", help="end every article with <|endoftext|> (doc_mask)")
     args = p.parse_args()
 
     if args.source and (args.train or args.val or args.test):
@@ -68,7 +81,12 @@ def main():
         texts, sources = load_hf()
 
     meta = gpt2_meta("wikitext103")
-    splits = {split: gpt2_encode(text, desc=f"encode {split}") for split, text in texts.items()}
+    if args.mark_articles:
+        meta["doc_separator"] = meta["eot_token"]
+        splits = {split: gpt2_encode(articles(text), desc=f"encode {split}", eot=meta["eot_token"])
+                  for split, text in texts.items()}
+    else:
+        splits = {split: gpt2_encode(text, desc=f"encode {split}") for split, text in texts.items()}
     require_nonempty(splits, "wikitext103")
     # "lines" + "words" is the token count of the tokenized WikiText files (one <eos> per line): the denominator
     # of the per-word perplexities in the literature (245,569 for the test split)

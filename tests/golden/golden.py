@@ -160,8 +160,8 @@ def train_run(name, data_dir, out_dir, init_state=None):
         raise RuntimeError(f"train.py failed for {name}:\n{proc.stderr[-3000:]}")
     records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
     for r in records:
-        r.pop("dt_ms", None)
-        r.pop("tokens_per_s", None)
+        for timing in ("dt_ms", "tokens_per_s", "mfu", "eta_s"):
+            r.pop(timing, None)
     return records, torch.load(Path(out_dir) / "ckpt.pt", weights_only=True)
 
 
