@@ -499,7 +499,6 @@ class Trainer:
             step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
                                                                                                     first), 1)["total"]
             peak, mean_dt = flops.peak_flops(self.device, self.dtype), None
-        t0 = time.time()
         while True:
             lr = get_lr(cfg, self.iter_num)
             for group in self.optimizer.param_groups:
@@ -511,9 +510,9 @@ class Trainer:
                 self.save(eval_done=False)
             if cfg.eval_only or self.iter_num >= cfg.max_iters:
                 return False
+            t0 = time.time()  # the step alone: evaluations and checkpoints are not part of dt, MFU or the ETA
             lossf, grad_norm, nonfinite, preempted, batch = self.optimizer_step(batch, preemption)
-            t1 = time.time()
-            dt, t0 = t1 - t0, t1
+            dt = time.time() - t0
             if master:
                 mean_dt = dt if mean_dt is None or self.iter_num == start_iter + 1 else 0.9 * mean_dt + 0.1 * dt
             if self.iter_num % cfg.log_interval == 0 and master:
