@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Document-aware training (train.py --doc_mask=True) against plain packed training, same model, data, budget and
 # seeds, on the shared TinyStories subsets. Each checkpoint is evaluated both ways (val loss with and without the
-# document mask), so neither run is scored only under its own rule. CPU, about 15 minutes on 2 cores.
+# document mask), so neither run is scored only under its own rule. CPU, about 20 minutes on 2 cores.
 #   bash results/doc_mask.sh [RUNS_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ runs = Path(sys.argv[1])
 def val(log):
     return float(re.search(r"val/loss ([0-9.]+)", (runs / log).read_text()).group(1))
 print("| trained | seed | val loss, plain eval | val loss, doc-masked eval | step ms (median of the logged) |")
-print("|---|---|---|---|---|")
+print("|---|---|---|---|---|")  # step times mean something only on an otherwise idle machine
 rows = {}
 for doc in ("False", "True"):
     for seed in (1, 2):
