@@ -35,9 +35,9 @@ def assert_cached_greedy_equals_uncached(model, idx, new):
     assert torch.equal(cached, model.generate(idx, new, temperature=0, use_cache=False))
 
 
-def embedding_grad(model, t, pick=None, **inputs):
+def embedding_grad(model, t, pick=None, row=None, **inputs):
     """|d logits[:, t] / d token embeddings| per input position (max over batch and channels), from model(**inputs);
-    pick selects the logits of a model that returns several (an encoder's "mlm")."""
+    pick selects the logits of a model that returns several (an encoder's "mlm"), row one sequence of the batch."""
     grabbed = {}
 
     def keep(module, args, output):
@@ -49,8 +49,9 @@ def embedding_grad(model, t, pick=None, **inputs):
         logits = model(**inputs)
     finally:
         handle.remove()
-    (logits if pick is None else logits[pick])[:, t].pow(2).sum().backward()
-    return grabbed["emb"].grad.abs().amax(dim=(0, 2))
+    rows = slice(None) if row is None else slice(row, row + 1)
+    (logits if pick is None else logits[pick])[rows, t].pow(2).sum().backward()
+    return grabbed["emb"].grad[rows].abs().amax(dim=(0, 2))
 
 
 def future_gradient(model, idx, t):

@@ -9,7 +9,7 @@ import torch
 import attention
 import variants
 from attention import AttnMask, dense_attention, sdpa_attention
-from conftest import assert_same_outputs_and_grads, need_shared, run
+from conftest import assert_same_outputs_and_grads, embedding_grad, need_shared, run
 from objectives import Batch, NextTokenLM
 
 SEP = 0
@@ -54,27 +54,10 @@ def test_no_gradient_crosses_a_document_boundary(name, kw, restart):
     inputs = dict(idx=batch.idx, pos=batch.pos, mask=batch.mask)
     # row 1: separator at 40, so positions 41.. are the second document
     for t, first in ((50, 41), (63, 41), (40, 0)):
-        g = _row_grad(model, t, 1, inputs)
+        g = embedding_grad(model, t, row=1, **inputs)
         assert g[:first].sum() == 0, (name, t)  # nothing from an earlier document
         assert g[first:t + 1].abs().max() > 0  # its own document does matter
         assert g[t + 1:].abs().sum() == 0  # and still causal
-
-
-def _row_grad(model, t, row, inputs):
-    """|d logits[row, t] / d token embeddings of that row| per position."""
-    grabbed = {}
-
-    def keep(module, args, output):
-        output.retain_grad()
-        grabbed["emb"] = output
-
-    handle = model.transformer.wte.register_forward_hook(keep)
-    try:
-        logits = model(**inputs)
-    finally:
-        handle.remove()
-    logits[row, t].pow(2).sum().backward()
-    return grabbed["emb"].grad[row].abs().amax(dim=-1)
 
 
 @pytest.mark.parametrize("window,bias", [(None, False), (6, False), (6, True), (None, True)])
