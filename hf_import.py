@@ -3,8 +3,10 @@ save_pretrained layout, or hub names where a network is available).
 
 Each family has one name mapping, `<family>_rules(config)`: a list of Rules saying which HF tensors each of our
 state-dict tensors is made of and how (transposed, concatenated, rows reordered). Its fields have one table too
-(`<FAMILY>_FIELDS`, ours -> HF). The importers read the HF config into ours through the field table, refuse what our
-model cannot represent, and apply the rules forwards through copy_weights, the one place weights are copied in.
+(`<FAMILY>_FIELDS`, ours -> HF). The importers check the directory's model_type, refuse every config flag our model
+does not compute (ValueError naming the flag and its value), read the HF config into ours through the field table,
+load the HF weights requiring that they fill the HF model exactly (no missing, unexpected or mis-shaped tensors), and
+apply the rules forwards through copy_weights, the one place weights are copied in.
 export.py applies the same rules backwards through export_weights, the one place weights are copied out, into the HF
 model that `<family>_target(config)` describes. An importer is a classmethod body: the variant class calls it as
 `from_pretrained = classmethod(hf_import.<importer>)`, so this module imports no model or variant.
@@ -108,10 +110,11 @@ def export_weights(rules, state_dict, hf, dropped=()):
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}  # HF name -> ours
 
 
-def activation(name):
-    """Our hidden_act for a Hugging Face activation name (GPT-2 uses "gelu_new", BERT "gelu")."""
+def activation(name, flag="hidden_act"):
+    """Our hidden_act for a Hugging Face activation name (GPT-2 uses "gelu_new", BERT "gelu"); flag: the HF config
+    field it came from, named in the error."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r} is not supported ({', '.join(ACTIVATIONS)})")
+        raise ValueError(f"{flag}={name!r} is not supported (only {', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[name]
 
 
@@ -150,6 +153,52 @@ def _import(rules, sd):
     return {r.ours: r.to_ours(sd) for r in rules}
 
 
+def hf_config(config_class, path, model_type):
+    """The HF config of path read as config_class, after checking that the directory's own model_type is
+    model_type: transformers reads any config into any class (a LLaMA directory into GPT2Config) and builds the
+    model from the fields the two happen to share."""
+    found = config_class.get_config_dict(path)[0].get("model_type")
+    if found != model_type:
+        raise ValueError(f"{path} has model_type={found!r}; this importer reads model_type={model_type!r} only")
+    return config_class.from_pretrained(path)
+
+
+def require(hc, checks):
+    """Raise ValueError naming the first HF config flag our model does not compute. checks: (flag, default, ok,
+    what our model computes), where ok is the one accepted value or a predicate and default stands for a flag the
+    config lacks."""
+    for flag, default, ok, what in checks:
+        value = getattr(hc, flag, default)
+        if not (ok(value) if callable(ok) else value == ok and type(value) is type(ok)):
+            raise ValueError(f"{flag}={value!r} is not supported: {what}")
+
+
+def hf_weights(model_class, path, hc, ignore=()):
+    """The state dict of model_class loaded from path with config hc. Every tensor of the model must come from the
+    checkpoint and every tensor of the checkpoint must have its place, at its shape: transformers otherwise
+    initialises what is missing at random and drops what it does not know. ignore: prefixes of checkpoint tensors
+    the model class computes nothing with (a pre-training checkpoint's pair head read into a masked-LM class)."""
+    try:  # mis-shaped tensors come back in mismatched_keys
+        hf, info = model_class.from_pretrained(path, config=hc, output_loading_info=True, ignore_mismatched_sizes=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit {model_class.__name__}: {' '.join(str(e).split())[:300]}") from None
+    info = dict(info, unexpected_keys=[k for k in info.get("unexpected_keys", ()) if not k.startswith(tuple(ignore))])
+    problems = [f"{kind.replace('_', ' ')} {', '.join(sorted(map(str, keys))[:3])}"
+                for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+                if (keys := info.get(kind))]
+    if problems:
+        raise ValueError(f"{path} does not fill {model_class.__name__} exactly: {'; '.join(problems)}")
+    return hf.state_dict()
+
+
+def _tied(what):
+    return ("tie_word_embeddings", True, True, what)
+
+
+def _absolute_positions():
+    return ("position_embedding_type", "absolute", "absolute", "learned absolute positions only")
+
+
 # ---- decoders -----------------------------------------------------------------------------------------------------
 
 GPT2_FIELDS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "n_positions",
@@ -178,13 +227,26 @@ def gpt2_target(config):
         attn_pdrop=config.dropout, tie_word_embeddings=True))
 
 
+def gpt2_checks(hc, tied=True):
+    """The GPT-2 config flags our GPT computes one way only. tied: our head shares the token embedding matrix."""
+    return [("scale_attn_weights", True, True, "attention scores are scaled by 1/sqrt(head_dim)"),
+            ("scale_attn_by_inverse_layer_idx", False, False, "scores are not scaled by 1/(layer index + 1)"),
+            ("layer_norm_epsilon", GPT2_LAYER_NORM_EPS, GPT2_LAYER_NORM_EPS,
+             f"model.LayerNorm's eps is {GPT2_LAYER_NORM_EPS:g}"),
+            ("n_inner", None, lambda v: v in (None, 4 * hc.n_embd), f"the MLP is 4 * n_embd = {4 * hc.n_embd} wide"),
+            ("add_cross_attention", False, False, "the blocks have no cross-attention"),
+            *([_tied("lm_head shares the token embedding matrix")] if tied else [])]
+
+
 def gpt2(cls, name_or_path, **overrides):
     """GPT-2 weights ('gpt2', 'gpt2-medium', ... or a local HF directory) into a GPT-shaped variant."""
     from transformers import GPT2LMHeadModel
-    hf = GPT2LMHeadModel.from_pretrained(name_or_path)
-    config = cls.config_class(**_ours(hf.config, GPT2_FIELDS), bias=True, dropout=0.0,
-                              hidden_act=activation(hf.config.activation_function))
-    return build(cls, config, overrides, _import(gpt2_rules(config), hf.state_dict()), partial=True)
+    hc = hf_config(GPT2LMHeadModel.config_class, name_or_path, "gpt2")
+    require(hc, gpt2_checks(hc, cls.tie_embeddings))
+    config = cls.config_class(**_ours(hc, GPT2_FIELDS), bias=True, dropout=0.0,
+                              hidden_act=activation(hc.activation_function, "activation_function"))
+    sd = hf_weights(GPT2LMHeadModel, name_or_path, hc)
+    return build(cls, config, overrides, _import(gpt2_rules(config), sd), partial=True)
 
 
 LLAMA_FIELDS = {"n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_kv_head": "num_key_value_heads",
@@ -224,17 +286,21 @@ def llama_target(config):
 
 
 def llama(cls, path, **overrides):
-    """A local Hugging Face LlamaForCausalLM directory (LLaMA-1/2 layout: no biases, plain RoPE)."""
+    """A local Hugging Face LlamaForCausalLM directory (LLaMA-1/2 layout: no biases, plain RoPE, SiLU)."""
     from transformers import LlamaForCausalLM
-    hf = LlamaForCausalLM.from_pretrained(path)
-    hc = hf.config
-    if getattr(hc, "attention_bias", False) or getattr(hc, "mlp_bias", False):
-        raise ValueError("this LLaMA checkpoint has biases; LLaMA-1 has none")
+    hc = hf_config(LlamaForCausalLM.config_class, path, "llama")
     rope = getattr(hc, "rope_parameters", None) or {"rope_theta": getattr(hc, "rope_theta", 10000.0)}
+    head_dim = hc.hidden_size // hc.num_attention_heads
+    require(hc, [("hidden_act", "silu", "silu", "the MLP is SwiGLU (SiLU gate)"),
+                 ("attention_bias", False, False, "the attention projections have no biases"),
+                 ("mlp_bias", False, False, "the MLP has no biases"),
+                 ("head_dim", head_dim, head_dim, f"head_dim is hidden_size / num_attention_heads = {head_dim}"),
+                 ("rope_scaling", None, lambda v: not v or v.get("rope_type", v.get("type")) == "default",
+                  "plain RoPE only")])
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"rope scaling {rope.get('rope_type')!r} is not supported (only plain RoPE)")
+        raise ValueError(f"rope_parameters rope_type={rope.get('rope_type')!r} is not supported: plain RoPE only")
     config = cls.config_class(**_ours(hc, LLAMA_FIELDS), rope_theta=float(rope["rope_theta"]))
-    sd = hf.state_dict()
+    sd = hf_weights(LlamaForCausalLM, path, hc)
     sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])  # a tied head
     return build(cls, config, overrides, _import(llama_rules(config), sd))
 
@@ -290,12 +356,16 @@ def _encoder_target(config):
                 attention_probs_dropout_prob=config.dropout)
 
 
-def _pretrained_encoder(path, pretraining, masked_lm):
-    """The HF model of a directory: its MLM-only class when the directory says so (no pair task), else the
-    pre-training one."""
-    hc = pretraining.config_class.from_pretrained(path)
+def _pretrained_encoder(path, pretraining, masked_lm, model_type, checks, pair_head):
+    """(the HF config, the state dict, our fields it implies) of a directory: read by its MLM-only class when the directory says
+    so (no pair task), else by the pre-training one, after the config passes checks(hc). pair_head: prefixes of the
+    pooler and pair classifier, which a pre-training checkpoint read as MLM-only carries and the MLM-only class
+    leaves unused."""
+    hc = hf_config(pretraining.config_class, path, model_type)
+    require(hc, checks(hc))
     mlm_only = masked_lm.__name__ in (hc.architectures or ())
-    return (masked_lm if mlm_only else pretraining).from_pretrained(path), {"pair_task": "none"} if mlm_only else {}
+    sd = hf_weights(masked_lm if mlm_only else pretraining, path, hc, pair_head if mlm_only else ())
+    return hc, sd, {"pair_task": "none"} if mlm_only else {}
 
 
 def bert_rules(config):
@@ -314,12 +384,20 @@ def bert_target(config):
     return Target(name, dict(_encoder_target(config), type_vocab_size=max(config.type_vocab_size, 1)))
 
 
+def bert_checks(hc):
+    """The BERT config flags our encoder computes one way only."""
+    return [("is_decoder", False, False, "attention is bidirectional"),
+            ("add_cross_attention", False, False, "the layers have no cross-attention"),
+            _absolute_positions(), _tied("the MLM decoder is the word embedding matrix")]
+
+
 def bert(cls, path, **overrides):
     """A local Hugging Face BertForPreTraining (or BertForMaskedLM: pair_task='none') directory."""
     from transformers import BertForMaskedLM, BertForPreTraining
-    hf, fields = _pretrained_encoder(path, BertForPreTraining, BertForMaskedLM)
-    config = _encoder_config(cls, hf.config, **fields)
-    return build(cls, config, overrides, _import(bert_rules(config), hf.state_dict()))
+    hc, sd, fields = _pretrained_encoder(path, BertForPreTraining, BertForMaskedLM, "bert", bert_checks,
+                                         ("bert.pooler.", "cls.seq_relationship."))
+    config = _encoder_config(cls, hc, **fields)
+    return build(cls, config, overrides, _import(bert_rules(config), sd))
 
 
 def albert_rules(config):
@@ -341,16 +419,21 @@ def albert_target(config):
                              classifier_dropout_prob=config.dropout))
 
 
+def albert_checks(hc):
+    """The ALBERT config flags our encoder computes one way only."""
+    return [("num_hidden_groups", 1, 1, "one layer group, shared by every layer"),
+            ("inner_group_num", 1, 1, "one layer in the group"),
+            _absolute_positions(), _tied("the MLM decoder is the word embedding matrix")]
+
+
 def albert(cls, path, **overrides):
     """A local Hugging Face AlbertForPreTraining (or AlbertForMaskedLM: pair_task='none') directory (one layer
     group, one inner layer)."""
     from transformers import AlbertForMaskedLM, AlbertForPreTraining
-    hf, fields = _pretrained_encoder(path, AlbertForPreTraining, AlbertForMaskedLM)
-    hc = hf.config
-    if hc.num_hidden_groups != 1 or hc.inner_group_num != 1:
-        raise ValueError("only full cross-layer sharing (num_hidden_groups = inner_group_num = 1) is supported")
+    hc, sd, fields = _pretrained_encoder(path, AlbertForPreTraining, AlbertForMaskedLM, "albert", albert_checks,
+                                         ("albert.pooler.", "sop_classifier."))
     config = _encoder_config(cls, hc, embedding_size=hc.embedding_size, **fields)
-    return build(cls, config, overrides, _import(albert_rules(config), hf.state_dict()))
+    return build(cls, config, overrides, _import(albert_rules(config), sd))
 
 
 def deberta_rules(config, legacy=True):
@@ -391,16 +474,23 @@ def deberta_target(config):
                        "the last layer is written, the EMD's absolute position table is not")
 
 
+def deberta_checks(hc):
+    """The DeBERTa (v1) config flags our model computes one way only."""
+    return [("relative_attention", False, True, "attention has the relative c2p and p2c terms"),
+            ("position_biased_input", True, False, "no absolute positions at the input"),
+            ("pos_att_type", None, lambda v: sorted(v or []) == ["c2p", "p2c"], "the relative terms are c2p|p2c"),
+            ("talking_head", False, False, "no talking-heads projections"),
+            ("embedding_size", hc.hidden_size, hc.hidden_size, "embeddings are hidden_size wide"),
+            *([_tied("the MLM decoder is the word embedding matrix")] if getattr(hc, "legacy", True) else [])]
+
+
 def deberta(cls, path, **overrides):
     """A local Hugging Face DebertaForMaskedLM directory (v1, relative attention with c2p|p2c,
     position_biased_input=False, no talking heads). transformers has no EMD, so the model loads with emd=False."""
     from transformers import DebertaForMaskedLM
-    hf = DebertaForMaskedLM.from_pretrained(path)
-    hc = hf.config
-    if (not hc.relative_attention or getattr(hc, "position_biased_input", True) or getattr(hc, "talking_head", False)
-            or sorted(hc.pos_att_type or []) != ["c2p", "p2c"]):
-        raise ValueError("only DeBERTa v1 with relative_attention, pos_att_type c2p|p2c, "
-                         "position_biased_input=False and no talking heads is supported")
+    hc = hf_config(DebertaForMaskedLM.config_class, path, "deberta")
+    require(hc, deberta_checks(hc))
     span = hc.max_relative_positions if hc.max_relative_positions > 0 else hc.max_position_embeddings
     config = _encoder_config(cls, hc, max_relative_positions=span, emd=False)
-    return build(cls, config, overrides, _import(deberta_rules(config, hc.legacy), hf.state_dict()))
+    sd = hf_weights(DebertaForMaskedLM, path, hc)
+    return build(cls, config, overrides, _import(deberta_rules(config, hc.legacy), sd))

@@ -11,6 +11,7 @@ DDP (nccl on CUDA, gloo on CPU), every rank reading different batches:
 Every key of config files and --key=value overrides is checked (see configurator.py). The resolved config is printed
 and written to out_dir/config.json; metrics go to out_dir/metrics.jsonl (plot them with plot.py).
 """
+import difflib
 import json
 import math
 import os
@@ -83,9 +84,14 @@ class TrainConfig:
     ckpt_interval: int = 0  # also write ckpt.pt every this many steps (0: only at evals)
     keep_last: int = 0  # keep the newest N step checkpoints as ckpt_<iter>.pt besides ckpt.pt
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run, or "skip" the step
+    max_skipped_steps: int = 10  # on_nonfinite=skip: this many skipped steps in a row stop the run (exit 1)
     ddp_timeout_s: int = 600  # a collective waiting this long on a dead rank fails instead of hanging
 
     def validate(self):
+        # nan or inf (the literal 1e999 parses as inf) would pass every range check below
+        for f in self.__dataclass_fields__.values():
+            if f.type is float and not math.isfinite(getattr(self, f.name)):
+                raise configurator.ConfigError(f"{f.name} must be a finite number, got {getattr(self, f.name)}")
         checks = [
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
@@ -94,6 +100,17 @@ class TrainConfig:
             (self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}"),
             (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}"),
+            # min_lr is the end of the decay: above learning_rate the schedule would climb instead
+            (not self.decay_lr or self.min_lr <= self.learning_rate,
+             f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})"),
+            (0 <= self.beta1 < 1, f"beta1 must be in [0, 1), got {self.beta1}"),
+            (0 <= self.beta2 < 1, f"beta2 must be in [0, 1), got {self.beta2}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}"),
+            (self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}"),
+            (self.lr_decay_iters >= 0, f"lr_decay_iters must be >= 0, got {self.lr_decay_iters}"),
+            (self.max_skipped_steps >= 1, f"max_skipped_steps must be >= 1, got {self.max_skipped_steps}"),
             (self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}"),
             (self.lr_schedule in ("cosine", "linear"), f"lr_schedule must be cosine or linear, not {self.lr_schedule!r}"),
             (self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be stop or skip, not {self.on_nonfinite!r}"),
@@ -126,11 +143,19 @@ class BatchSampler:
             if n <= block_size:
                 raise DataError(f"{data_dir}/{split}.bin has {n} tokens, fewer than block_size+1 = {block_size + 1}")
 
+    def generator_seed(self, stream, index):
+        """The seed of one batch's draw: (seed * 1_000_003 + stream) * 1_000_000_007 + index wherever that lies in
+        torch's seed range [-2^63, 2^64); elsewhere (seeds beyond about +-1.8e4, or a batch index beyond about 1e18)
+        mix_seed of the parts, whose streams 8-10 are used by nothing else that draws from this seed."""
+        value = (self.seed * 1_000_003 + stream) * 1_000_000_007 + index
+        if -2 ** 63 <= value < 2 ** 64:
+            return value
+        return mix_seed(self.seed, 8 + stream, index)
+
     def get(self, split, index):
         # a fresh memmap per batch, as nanoGPT does, so pages do not pile up in resident memory
         data = np.memmap(Path(self.data_dir) / f"{split}.bin", dtype=self.meta["dtype"], mode="r")
-        stream = {"train": 0, "val": 1, "test": 2}[split]
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + stream) * 1_000_000_007 + index)
+        g = torch.Generator().manual_seed(self.generator_seed({"train": 0, "val": 1, "test": 2}[split], index))
         ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=g).tolist()
         x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in ix]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in ix]).astype(np.int64))
@@ -265,12 +290,29 @@ def setup_distributed(cfg, device):
     return ranks, device
 
 
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def check_init_from(init_from):
+    """ConfigError unless init_from is scratch, resume, an existing directory or a GPT-2 name: anything else would be
+    taken as a Hugging Face hub name and fail only after minutes of network retries."""
+    names = [*GPT2_NAMES, *(f"openai-community/{n}" for n in GPT2_NAMES)]
+    if init_from in ("scratch", "resume", *names) or os.path.isdir(init_from):
+        return
+    close = difflib.get_close_matches(init_from, ["scratch", "resume", *names], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise configurator.ConfigError(
+        f"init_from={init_from!r} is not scratch, resume, an existing directory (Hugging Face weights) or a GPT-2 name "
+        f"({', '.join(GPT2_NAMES)}, optionally prefixed openai-community/){hint}")
+
+
 def read_config(argv):
     """(TrainConfig, model config, keys the user set, data dir, data meta): all validated before anything is written."""
     try:
         cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig, lambda name: variants.get(name).config_class,
                                                          validate_model=False)
         cfg.validate()
+        check_init_from(cfg.init_from)
         if cfg.init_from == "scratch":  # otherwise the checkpoint or the pretrained weights set the architecture
             model_cfg.validate()
         runtime.resolve(cfg.device, cfg.dtype)
@@ -348,6 +390,8 @@ def write_run_config(out_dir, resolved):
 
 class Trainer:
     """Everything one training run holds: the model (raw and wrapped), its objective, optimizer, data and logs."""
+
+    skipped_in_a_row = 0  # optimizer steps skipped for non-finite values since the last applied one
 
     def __init__(self, cfg, model, ckpt, ranks, device, dtype, meta, data_dir, resolved):
         self.cfg, self.ranks, self.device, self.meta, self.resolved = cfg, ranks, device, meta, resolved
@@ -481,7 +525,17 @@ class Trainer:
         if nonfinite:
             if ranks.master:
                 print(f"iter {self.iter_num}: non-finite loss or gradient, step skipped")
+            # skipping cannot help once the weights themselves are broken, nor when every step keeps failing
+            if not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+                fail(f"the model's parameters are non-finite at iter {self.iter_num}; skipping steps cannot recover "
+                     f"(the last good checkpoint stays; lower learning_rate or set grad_clip)")
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row >= cfg.max_skipped_steps:
+                fail(f"{self.skipped_in_a_row} steps in a row had a non-finite loss or gradient (iters "
+                     f"{self.iter_num - self.skipped_in_a_row + 1}-{self.iter_num}; max_skipped_steps="
+                     f"{cfg.max_skipped_steps}); stopping (the last good checkpoint stays)")
         else:
+            self.skipped_in_a_row = 0
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

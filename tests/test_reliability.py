@@ -185,8 +185,10 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, t
     proc = run(args_for(shakespeare_dir, out, *blowup), check=False)
     assert proc.returncode == 1 and "non-finite loss" in proc.stderr
     assert digest(out / "ckpt.pt") == good
-    proc = run(args_for(shakespeare_dir, out, *blowup, "--on_nonfinite=skip"))
+    proc = run(args_for(shakespeare_dir, out, *blowup, "--on_nonfinite=skip"), check=False)
+    assert proc.returncode == 1 and "steps in a row had a non-finite loss or gradient" in proc.stderr
     assert "non-finite loss or gradient, step skipped" in proc.stdout
+    assert digest(out / "ckpt.pt") == good
     skipped = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("skipped")]
     assert skipped
 
