@@ -49,12 +49,6 @@ def test_gpt2_flag_our_model_does_not_compute_is_refused(tmp_path, flag, value):
         GPT.from_pretrained(path)
 
 
-def test_llama_directory_is_refused_by_the_gpt2_importer(tmp_path):
-    path, _ = saved(tmp_path, T.LlamaForCausalLM, T.LlamaConfig(**LLAMA))
-    with pytest.raises(ValueError, match="model_type='llama'"):
-        GPT.from_pretrained(path)
-
-
 def test_gpt2_checkpoint_missing_a_tensor_is_refused(tmp_path):
     """Weights that leave a tensor of the HF model to its random init."""
     from safetensors.torch import load_file, save_file
@@ -74,33 +68,20 @@ def test_gpt2_checkpoint_whose_shapes_disagree_with_its_config_is_refused(tmp_pa
         GPT.from_pretrained(path)
 
 
-# ---- LLaMA ----------------------------------------------------------------------------------------------------
+# ---- another model, or a flag our model does not compute -------------------------------------------------------
 
-def test_llama_hidden_act_other_than_silu_is_refused(tmp_path):
-    path, _ = saved(tmp_path, T.LlamaForCausalLM, T.LlamaConfig(**LLAMA, hidden_act="gelu"))
-    with pytest.raises(ValueError, match="hidden_act='gelu' is not supported"):
-        Llama.from_pretrained(path)
-
-
-def test_qwen2_directory_is_refused_by_the_llama_importer(tmp_path):
-    """Qwen2 has the LLaMA tensor names plus q/k/v biases."""
-    path, _ = saved(tmp_path, T.Qwen2ForCausalLM, T.Qwen2Config(**LLAMA))
-    with pytest.raises(ValueError, match="model_type='qwen2'"):
-        Llama.from_pretrained(path)
-
-
-# ---- encoders -------------------------------------------------------------------------------------------------
-
-def test_bert_decoder_is_refused(tmp_path):
-    path, _ = saved(tmp_path, T.BertForPreTraining, T.BertConfig(**ENCODER, is_decoder=True))
-    with pytest.raises(ValueError, match="is_decoder=True is not supported"):
-        variants.get("bert").model_class.from_pretrained(path)
-
-
-def test_deberta_v2_directory_is_refused_by_the_deberta_importer(tmp_path):
-    path, _ = saved(tmp_path, T.DebertaV2ForMaskedLM, T.DebertaV2Config(**ENCODER, **DEBERTA))
-    with pytest.raises(ValueError, match="model_type='deberta-v2'"):
-        variants.get("deberta").model_class.from_pretrained(path)
+@pytest.mark.parametrize("hf_class,config,ours,message", [
+    ("LlamaForCausalLM", ("LlamaConfig", LLAMA), "gpt", "model_type='llama'"),
+    ("LlamaForCausalLM", ("LlamaConfig", {**LLAMA, "hidden_act": "gelu"}), "llama", "hidden_act='gelu' is not supported"),
+    # Qwen2 has the LLaMA tensor names plus q/k/v biases
+    ("Qwen2ForCausalLM", ("Qwen2Config", LLAMA), "llama", "model_type='qwen2'"),
+    ("BertForPreTraining", ("BertConfig", {**ENCODER, "is_decoder": True}), "bert", "is_decoder=True is not supported"),
+    ("DebertaV2ForMaskedLM", ("DebertaV2Config", {**ENCODER, **DEBERTA}), "deberta", "model_type='deberta-v2'"),
+])
+def test_a_directory_the_importer_cannot_represent_is_refused(tmp_path, hf_class, config, ours, message):
+    path, _ = saved(tmp_path, getattr(T, hf_class), getattr(T, config[0])(**config[1]))
+    with pytest.raises(ValueError, match=message):
+        variants.get(ours).model_class.from_pretrained(path)
 
 
 # ---- what is supported still imports ----------------------------------------------------------------------------
