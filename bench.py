@@ -81,15 +81,6 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
-def measure_peak_flops(device, dtype, reps=3):
-    """FLOP/s of a large square matmul on this device and dtype (median of reps): one reading of MFU's denominator."""
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    return 2 * n ** 3 / statistics.median(timed(lambda: a @ b, device) for _ in range(reps))
-
-
 class PeakMemory:
     """Peak memory inside the block: CUDA allocator peak, or the process's peak RSS on Linux (reset through
     /proc/self/clear_refs so each measurement starts from the current RSS)."""
@@ -316,7 +307,7 @@ def time_length(T, entries, modes, models, cfg, device, dtype, autocast, baselin
         run["latency"]()
         run["peak_memory_bytes"] = mem.peak
     for _ in range(cfg.reps):  # interleaved: every entry sees the same stretch of machine noise
-        peaks.append(measure_peak_flops(device, dtype))
+        peaks.append(flops.peak_flops(device, dtype))
         for run in runs:
             run["t_fwd"].append(timed(run["fwd"], device))
             run["t_fwd_bwd"].append(timed(run["fwd_bwd"], device))
@@ -378,14 +369,14 @@ def main(argv):
     autocast = runtime.autocast(device, dtype)
     # the machine's speed drifts (clocks, neighbours): the peak is read again in every timing round, and MFU divides
     # by the median of all readings, so numerator and denominator see the same stretch of machine
-    peaks = [measure_peak_flops(device, dtype)]
+    peaks = [flops.peak_flops(device, dtype)]
     print(f"device {device}, {dtype}, {torch.get_num_threads()} threads; measured matmul peak "
           f"{peaks[0] / 1e9:.1f} GFLOP/s; shape {shape}, batch {cfg.batch_size}, component {cfg.component}")
     # generation first, on the fresh eager models, before any compilation runs in this process
     gen = time_generation(models, entries, cfg, device, autocast) if cfg.gen_tokens and cfg.component == "model" else {}
     results = [r for T in seq_lens
                for r in time_length(T, entries, modes, models, cfg, device, dtype, autocast, baseline, peaks)]
-    peaks.append(measure_peak_flops(device, dtype))
+    peaks.append(flops.peak_flops(device, dtype))
     peak = statistics.median(peaks)
     for r in results:
         r["mfu"] = 3 * r["flops_per_token"] * cfg.batch_size * r["T"] / r["fwd_bwd_s"]["median"] / peak

@@ -87,20 +87,23 @@ def layer_flops_per_token(attn, T):
 
 
 def peak_flops(device, dtype, reps=3):
-    """FLOP/s of a large square matmul on this device and dtype (median of reps): the denominator of MFU."""
+    """FLOP/s of a large square matmul on this device and dtype (median of reps after two warm-up runs): one reading
+    of MFU's denominator (train.py reads it once at start, bench.py between its timing rounds)."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for i in range(reps + 1):  # the first run warms up
+
+    def timed_matmul():
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
+        return time.perf_counter() - t
+
+    for _ in range(2):
+        a @ b
+    return 2 * n ** 3 / statistics.median(timed_matmul() for _ in range(reps))
 
 
 def counter_check(model, run, tokens):

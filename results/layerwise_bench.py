@@ -44,7 +44,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     autocast = runtime.autocast(device, dtype)
-    peak = bench.measure_peak_flops(device, dtype)
+    peak = flops.peak_flops(device, dtype)
     command = "python results/layerwise_bench.py " + " ".join(argv)
     print(f"{command}\ndevice {device}, {dtype}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.1f} "
           f"GFLOP/s; shape {shape}, batch {cfg.batch_size}", flush=True)
