@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 import checkpoint
 import configurator
+import runtime
 import variants
 from attention import dense_attention
-from data.common import DataError, load_meta, open_split
+from data.common import DataError, check_same_vocabulary, load_meta, open_split
 from flops import attention_modules
 
 
@@ -199,13 +200,15 @@ def load(paths, cfg):
     for path in tqdm(paths, desc="loading", unit="ckpt", disable=None, leave=False):
         ckpt = checkpoint.load(path)
         model = checkpoint.build_model(ckpt, variants.get, path)
-        data_dir = cfg.data_dir or (ckpt.get("config") or {}).get("data_dir", "")
+        data_dir = cfg.data_dir or checkpoint.data_dir(ckpt)
         if not data_dir:
             raise configurator.ConfigError("the checkpoint records no data_dir; pass --data_dir")
         T = cfg.seq_len or model.config.block_size
         if T > model.config.block_size:
             raise configurator.ConfigError(f"seq_len={T} exceeds the model's block_size {model.config.block_size}")
-        xy = eval_batch(data_dir, cfg.split, load_meta(data_dir), cfg.batch_size, T, cfg.seed)
+        meta = load_meta(data_dir)
+        check_same_vocabulary(ckpt.get("data_meta") or {}, meta, path, data_dir)
+        xy = eval_batch(data_dir, cfg.split, meta, cfg.batch_size, T, cfg.seed)
         loaded.append((ckpt, model, variants.get(ckpt["variant"]).objective, xy))
     return loaded
 
@@ -253,8 +256,7 @@ def main(argv):
             raise configurator.ConfigError("batch_size must be >= 1, seq_len and crop >= 0")
         run(paths, labels, cfg, "python analysis.py " + " ".join(argv))
     except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        runtime.fail(e, 1 if isinstance(e, (checkpoint.CheckpointError, DataError, runtime.Unavailable)) else 2)
 
 
 if __name__ == "__main__":

@@ -255,16 +255,18 @@ def read_config(argv):
             [cfg.seq_lens] if isinstance(cfg.seq_lens, int) else cfg.seq_lens)
         if cfg.reps < 2 or cfg.latency_reps < 1 or cfg.gen_reps < 1 or min(seq_lens) < 2:
             raise configurator.ConfigError("reps must be >= 2, latency_reps and gen_reps >= 1, every seq_len >= 2")
+        if min(cfg.batch_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) < 1:
+            raise configurator.ConfigError("batch_size, n_layer, n_head, n_embd and vocab_size must be >= 1")
         baseline = cfg.baseline or entries[0][0]
         if baseline not in [label for label, _, _ in entries]:
             raise configurator.ConfigError(f"baseline {baseline!r} is not one of the entries")
         device, dtype = runtime.resolve(cfg.device, cfg.dtype)
+        runtime.check_output_dir(cfg.out_dir)  # before the benchmark, not after it
         shape = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=max(seq_lens),
                      vocab_size=cfg.vocab_size, bias=cfg.bias, dropout=0.0)
         models = {label: build(name, fields, shape, device) for label, name, fields in entries}
     except (configurator.ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        runtime.fail(e, 1 if isinstance(e, runtime.Unavailable) else 2)
     return cfg, entries, modes, seq_lens, baseline, device, dtype, shape, models
 
 

@@ -64,7 +64,12 @@ def atomic_save(obj, path):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:  # torch reports a failed write (disk full...) vaguely; the OS error says what
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -267,3 +272,13 @@ def build_model(ckpt, lookup, path="checkpoint", **overrides):
         raise CheckpointError(f"{path}: weights do not match variant {ckpt['variant']!r} "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model
+
+
+def data_dir(ckpt):
+    """The data_dir a checkpoint was trained on ("" if it records none). A relative one (older checkpoints) is taken
+    from the working directory when it exists there, else from the repository root, where data/<dataset> lives."""
+    recorded = (ckpt.get("config") or {}).get("data_dir") or ""
+    if not recorded or os.path.isabs(recorded) or os.path.isdir(recorded):
+        return recorded
+    in_repo = Path(__file__).resolve().parent / recorded
+    return str(in_repo) if in_repo.is_dir() else recorded

@@ -44,6 +44,9 @@ def read_config_file(path, _seen=()):
     scope = {}
     try:
         exec(compile(p.read_text(), str(p), "exec"), scope)
+    except SystemExit as e:  # sys.exit() in a config file must not end the run as if it had succeeded
+        raise ConfigError(f"config file {path} called sys.exit({e.code!r}); a config file only assigns "
+                          f"settings") from None
     except Exception as e:  # a config file is user code: report its error as one line
         raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
     values = {k: v for k, v in scope.items()

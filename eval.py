@@ -31,7 +31,7 @@ import checkpoint
 import configurator
 import runtime
 import variants
-from data.common import DataError, load_meta, open_split
+from data.common import DataError, check_same_vocabulary, load_meta, open_split
 
 
 @dataclass
@@ -103,14 +103,16 @@ def prepare(argv):
         if cfg.stride < 0 or cfg.batch_size < 1 or cfg.max_tokens < 0:
             raise configurator.ConfigError("stride and max_tokens must be >= 0 and batch_size >= 1")
         runtime.resolve(cfg.device, cfg.dtype)
+        runtime.check_output_dir(cfg.out_dir)
         path = Path(cfg.out_dir) / cfg.ckpt
         ckpt = checkpoint.load(path)
         model = checkpoint.build_model(ckpt, variants.get, path, dropout=0.0)
         if not variants.get(ckpt["variant"]).objective.causal:
             raise configurator.ConfigError(f"variant {ckpt['variant']!r} is not a causal LM; its MLM metrics are in "
                                            f"the training eval (metrics.jsonl)")
-        data_dir = cfg.data_dir or ckpt["config"].get("data_dir", "")
+        data_dir = cfg.data_dir or checkpoint.data_dir(ckpt)
         meta = load_meta(data_dir)
+        check_same_vocabulary(ckpt.get("data_meta") or {}, meta, path, data_dir)
         data = open_split(data_dir, cfg.split, meta)
         if cfg.max_tokens:
             data = data[:cfg.max_tokens]
@@ -121,8 +123,8 @@ def prepare(argv):
             raise configurator.ConfigError(f"stride={stride} exceeds block_size {model.config.block_size}")
         return cfg, path, ckpt["variant"], model, meta, data_dir, data, stride
     except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, configurator.ConfigError) else 1)
+        faults = (checkpoint.CheckpointError, DataError, runtime.Unavailable)  # files, data, devices
+        runtime.fail(e, 1 if isinstance(e, faults) else 2)
 
 
 def main(argv):

@@ -27,6 +27,7 @@ from pathlib import Path
 import checkpoint
 import configurator
 import hf_import
+from runtime import fail
 import variants
 from data.common import DataError, get_tokenizer
 from objectives import special_ids
@@ -48,11 +49,6 @@ EXPORTS = {"gpt": (hf_import.gpt2_target, hf_import.gpt2_rules),
            "deberta": (hf_import.deberta_target, hf_import.deberta_rules)}
 EOT_TEXT = "<|endoftext|>"
 SPECIAL_TEXT = {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-
-
-def fail(message, code=1):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 # ---- the model ----------------------------------------------------------------------------------------------------

@@ -224,8 +224,10 @@ class GPT(nn.Module):
         return [m.make_cache(batch_size, device, dtype) for m in self.modules() if isinstance(m, CausalSelfAttention)]
 
     @torch.inference_mode()  # cheaper than no_grad per op, which batch-1 decoding feels
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
-        """Sample max_new_tokens after idx (B, T). temperature=0 is greedy. Cached decoding equals uncached.
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None,
+                 vocab_size=None):
+        """Sample max_new_tokens after idx (B, T). temperature=0 is greedy. Cached decoding equals uncached. With
+        vocab_size (the data's), ids the tokenizer cannot decode (padding rows, special tokens) are never drawn.
 
         With a cache each step costs one token's forward pass. Once the sequence outgrows block_size the context is
         cropped to its last block_size tokens as in nanoGPT; absolute positions then shift, so every such step
@@ -241,7 +243,7 @@ class GPT(nn.Module):
                     caches, fed = self.make_caches(idx.size(0), idx.device, self.lm_head.weight.dtype), 0
                 pos = torch.arange(fed, idx.size(1), device=idx.device)
                 logits, fed = self(idx[:, fed:], pos=pos, caches=caches, last_only=True), idx.size(1)
-            idx = torch.cat((idx, sample_next(logits[:, -1], temperature, top_k, generator)), dim=1)
+            idx = torch.cat((idx, sample_next(logits[:, -1], temperature, top_k, generator, vocab_size)), dim=1)
         return idx
 
     # weights ------------------------------------------------------------------------------------------------------
@@ -265,12 +267,16 @@ class GPT(nn.Module):
     from_pretrained = classmethod(hf_import.gpt2)  # GPT-2 weights: 'gpt2', 'gpt2-medium', ... or a local HF directory
 
 
-def sample_next(logits, temperature, top_k, generator=None):
-    """One token id per row of logits (B, V): greedy at temperature 0, else sampled from the top_k."""
+def sample_next(logits, temperature, top_k, generator=None, vocab_size=None):
+    """One token id per row of logits (B, V): greedy at temperature 0, else sampled from the top_k. Ids from vocab_size
+    on (padding rows, special tokens the data never holds) are never chosen."""
+    logits = logits.float()
+    if vocab_size is not None and vocab_size < logits.size(-1):
+        logits = logits[:, :vocab_size]
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits / temperature
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # finite for any temperature > 0
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)

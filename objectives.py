@@ -85,7 +85,7 @@ class NextTokenLM:
         """Per-batch sums for evaluation: {name: (sum, count)}. 'loss' is the pure cross-entropy in nats."""
         return token_metrics(logits, batch.targets)
 
-    def fill_mask(self, model, segments, top_k=5):
+    def fill_mask(self, model, segments, top_k=5, vocab_size=None):
         raise NotImplementedError("this model has no fill-mask mode (duo-predict and the encoders do)")
 
     def documents(self, batch, separator, restart_positions=False):
@@ -189,9 +189,10 @@ class InterleavedLM(NextTokenLM):
         return out
 
     @torch.no_grad()
-    def fill_mask(self, model, segments, top_k=5):
+    def fill_mask(self, model, segments, top_k=5, vocab_size=None):
         """Predict the token hidden in each gap between segments from the mask that stands in for it: that mask sees
-        the tokens before the gap and the token right after it. The hidden original slot holds <|MASK|>."""
+        the tokens before the gap and the token right after it. The hidden original slot holds <|MASK|>. Ids from
+        vocab_size (the data's) on are never proposed."""
         mask_id = mask_token_id(model.config)
         originals, holes = [], []
         for i, seg in enumerate(segments):
@@ -207,7 +208,7 @@ class InterleavedLM(NextTokenLM):
         batch = self.prepare(model.config, x, x)
         scores = self.logits(model, batch)[0, [2 * h + 1 for h in holes]].float()
         scores[:, mask_id] = float("-inf")  # the answer is a real token
-        return top_tokens(scores, top_k)
+        return top_tokens(scores, top_k, banned_from=vocab_size)
 
 
 # ---- masked language modelling ------------------------------------------------------------------------------------
@@ -327,8 +328,9 @@ class MaskedLM(NextTokenLM):
         return ids, targets
 
     @torch.no_grad()
-    def fill_mask(self, model, segments, top_k=5):
-        """Predict the one token hidden in each gap between `segments` (lists of token ids), from both sides."""
+    def fill_mask(self, model, segments, top_k=5, vocab_size=None):
+        """Predict the one token hidden in each gap between `segments` (lists of token ids), from both sides. Only ids
+        below vocab_size (the data's; padding rows and the special tokens come after it) are proposed."""
         sp = special_ids(model.config.vocab_size)
         ids = [sp["cls"]]
         for i, seg in enumerate(segments):
@@ -338,4 +340,4 @@ class MaskedLM(NextTokenLM):
                              f"{model.config.block_size}")
         idx = torch.tensor(ids, device=next(model.parameters()).device)[None]
         logits = model(idx)["mlm"][0, idx[0] == sp["mask"]]
-        return top_tokens(logits, top_k, banned_from=sp["pad"])  # never propose a special token
+        return top_tokens(logits, top_k, banned_from=min(vocab_size or sp["pad"], sp["pad"]))

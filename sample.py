@@ -18,6 +18,7 @@ import torch
 import checkpoint
 import configurator
 import runtime
+from runtime import fail
 import variants
 from data.common import DataError, get_tokenizer
 
@@ -38,11 +39,6 @@ class SampleConfig:
     use_cache: bool = True  # KV-cache decoding (gives the same tokens as without)
     mode: str = "generate"  # "generate", or "fill": predict each mask_text in the prompt from both sides
     mask_text: str = "[MASK]"  # fill mode: the marker of each gap in the prompt
-
-
-def fail(message, code=1):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def load_model(cfg):
@@ -82,7 +78,7 @@ def fill(model, objective, tok, text, cfg):
         raise ValueError(f"the prompt is {n_tokens} tokens but the model's context is {model.config.block_size}")
     if not objective.fills:
         raise ValueError("this model has no fill-mask mode (duo-predict and the encoders do); use --mode=generate")
-    predictions = objective.fill_mask(model, segments, top_k=cfg.top_k or 5)
+    predictions = objective.fill_mask(model, segments, top_k=cfg.top_k or 5, vocab_size=tok.vocab_size)
     filled = pieces[0]
     for piece, candidates in zip(pieces[1:], predictions):
         filled += tok.decode([candidates[0][0]]) + piece
@@ -102,7 +98,7 @@ def read_config(argv):
             raise configurator.ConfigError(f"mode must be generate or fill, got {cfg.mode!r}")
         return cfg, *runtime.resolve(cfg.device, cfg.dtype)
     except (configurator.ConfigError, ValueError) as e:
-        fail(e, 2)
+        fail(e, 1 if isinstance(e, runtime.Unavailable) else 2)
 
 
 def main(argv):
@@ -122,12 +118,12 @@ def main(argv):
     if max(prompt) >= model.config.vocab_size:
         fail(f"the prompt has token id {max(prompt)} outside the model's vocabulary of {model.config.vocab_size}")
     model.eval().to(device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed % 2 ** 64)  # any integer seeds a generator
     x = torch.tensor(prompt, dtype=torch.long, device=device)[None]
     with runtime.autocast(device, dtype):
         for _ in range(cfg.num_samples):
             y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                               use_cache=cfg.use_cache, generator=gen)
+                               use_cache=cfg.use_cache, generator=gen, vocab_size=tok.vocab_size)
             print(tok.decode(y[0].tolist()))
             print("---------------")
 

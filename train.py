@@ -4,9 +4,10 @@ Train any registered variant. Single process:
     python train.py config/train_shakespeare_char_cpu.py
     python train.py config/train_enwik8.py --n_layer=8 --compile=False
 
-DDP (nccl on CUDA, gloo on CPU), every rank reading different batches:
+DDP (nccl on CUDA, gloo on CPU), every rank reading different batches (launch.py is torchrun, exiting 0 after a
+preemption checkpoint where torchrun exits 1):
 
-    torchrun --standalone --nproc_per_node=8 train.py config/train_wikitext103.py
+    python launch.py --standalone --nproc_per_node=8 train.py config/train_wikitext103.py
 
 Every key of config files and --key=value overrides is checked (see configurator.py). The resolved config is printed
 and written to out_dir/config.json; metrics go to out_dir/metrics.jsonl (plot them with plot.py).
@@ -32,8 +33,9 @@ import checkpoint
 import configurator
 import flops
 import runtime
+from runtime import fail
 import variants
-from data.common import DataError, load_meta, open_split
+from data.common import DataError, check_same_vocabulary, load_meta, open_split
 from model import GPTConfig
 from objectives import Batch
 
@@ -125,11 +127,6 @@ class TrainConfig:
                 raise configurator.ConfigError(message)
 
 
-def fail(message, code=1):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # data: random blocks from the memmap, drawn by a generator seeded per micro-batch, so the batch stream depends only
 # on (seed, global micro-batch index): resuming and changing the number of ranks reproduce it exactly.
@@ -198,8 +195,10 @@ def make_optimizer(model, cfg, device_type):
 class MetricsLog:
     """One JSON object per line in out_dir/metrics.jsonl; optional wandb mirror that never breaks the run."""
 
-    def __init__(self, path, cfg, resolved, enabled):
+    def __init__(self, path, cfg, resolved, enabled, resume_at=None):
         self.enabled = enabled
+        if enabled and resume_at is not None:
+            self.drop_records_after(path, *resume_at)
         self.file = open(path, "a", encoding="utf-8") if enabled else None
         self.wandb = None
         if enabled and cfg.wandb_log:
@@ -209,6 +208,29 @@ class MetricsLog:
                                         settings=wandb.Settings(init_timeout=30))
             except Exception as e:  # no network, no login, no package: keep training
                 print(f"warning: wandb disabled ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+    @staticmethod
+    def drop_records_after(path, iter_num, eval_done):
+        """Keep only the records a run resumed at iter_num would not write again: the ones of earlier iterations
+        and, when the checkpoint was written after its eval, that eval. Records of steps that ran after the
+        checkpoint (a run killed before its next one) would otherwise repeat. Rewritten atomically."""
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+        def kept(line):
+            try:
+                record = json.loads(line)
+                its_eval = record["iter"] == iter_num and record["kind"] == "eval" and eval_done
+                return record["iter"] < iter_num or its_eval
+            except (ValueError, TypeError, KeyError):  # a line cut short by the kill
+                return False
+
+        keep = [line for line in lines if kept(line)]
+        if len(keep) < len(lines):
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text("".join(keep), encoding="utf-8")
+            os.replace(tmp, path)
 
     def write(self, record):
         if not self.enabled:
@@ -306,6 +328,16 @@ def check_init_from(init_from):
         f"({', '.join(GPT2_NAMES)}, optionally prefixed openai-community/){hint}")
 
 
+def pretrained_model_type(init_from):
+    """The model_type of pretrained weights: "gpt2" for a GPT-2 name, else what the directory's config.json says."""
+    if not os.path.isdir(init_from):
+        return "gpt2"
+    try:
+        return json.loads((Path(init_from) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None  # the importer reports the unreadable directory
+
+
 def read_config(argv):
     """(TrainConfig, model config, keys the user set, data dir, data meta): all validated before anything is written."""
     try:
@@ -316,8 +348,9 @@ def read_config(argv):
         if cfg.init_from == "scratch":  # otherwise the checkpoint or the pretrained weights set the architecture
             model_cfg.validate()
         runtime.resolve(cfg.device, cfg.dtype)
+        runtime.check_output_dir(cfg.out_dir)
     except (configurator.ConfigError, ValueError) as e:
-        fail(e, 2)
+        fail(e, 1 if isinstance(e, runtime.Unavailable) else 2)
     data_dir = cfg.data_dir or os.path.join("data", cfg.dataset)
     try:
         meta = load_meta(data_dir)
@@ -353,10 +386,10 @@ def build_from_checkpoint(cfg, requested, explicit, meta, data_dir, ckpt_path):
     for key in sorted(explicit & set(saved) - {"dropout", "attn_impl"}):
         if getattr(requested, key) != saved[key]:
             fail(f"{key}={getattr(requested, key)!r} differs from the checkpoint's {saved[key]!r}", 2)
-    saved_meta = ckpt.get("data_meta") or {}
-    if saved_meta.get("tokenizer", meta["tokenizer"]) != meta["tokenizer"]:
-        fail(f"{ckpt_path} was trained on {saved_meta['tokenizer']}-tokenized data but {data_dir} is "
-             f"{meta['tokenizer']}-tokenized", 2)
+    try:
+        check_same_vocabulary(ckpt.get("data_meta") or {}, meta, ckpt_path, data_dir)
+    except DataError as e:
+        fail(e, 2)
     model = checkpoint.build_model(ckpt, variants.get, ckpt_path, dropout=requested.dropout,
                                    attn_impl=requested.attn_impl)
     return model, ckpt
@@ -372,6 +405,9 @@ def build_model(cfg, model_cfg, explicit, meta, data_dir, ckpt_path):
             return build_from_checkpoint(cfg, model_cfg, explicit, meta, data_dir, ckpt_path)
         if not hasattr(variant.model_class, "from_pretrained"):
             fail(f"variant {cfg.variant!r} cannot load pretrained weights (init_from={cfg.init_from!r})", 2)
+        if pretrained_model_type(cfg.init_from) == "gpt2" and meta["tokenizer"] != "gpt2":
+            fail(f"init_from={cfg.init_from!r} holds GPT-2 weights, whose ids are GPT-2 BPE tokens, but {data_dir} is "
+                 f"{meta['tokenizer']}-tokenized; prepare GPT-2 BPE data (data/tinystories, data/wikitext103)", 2)
         # the variant's own fields (windows, spans...), block_size and dropout apply on top of the weights
         own = set(type(model_cfg).__dataclass_fields__) - set(GPTConfig.__dataclass_fields__)
         overrides = {k: getattr(model_cfg, k) for k in explicit & (own | {"block_size"})}
@@ -420,7 +456,8 @@ class Trainer:
         if ranks.ddp:
             model = DDP(model, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
         self.model = model
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", cfg, resolved, enabled=ranks.master)
+        resume_at = None if ckpt is None or cfg.eval_only else (self.iter_num, bool(ckpt.get("eval_done")))
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", cfg, resolved, enabled=ranks.master, resume_at=resume_at)
 
     def micro_index(self, it, micro):
         """Global micro-batch index: N ranks x M micro-steps draw what one process x N*M micro-steps would."""
@@ -446,14 +483,17 @@ class Trainer:
         results = {}
         for split in ("train", "val"):
             sums = {}
-            for k in range(ranks.rank, cfg.eval_iters, ranks.world):
+            # a rank past eval_iters scores a batch with weight 0, so that every rank holds the same metric names
+            for k in range(ranks.rank, max(cfg.eval_iters, ranks.world), ranks.world):
+                weight = float(k < cfg.eval_iters)
+                k %= cfg.eval_iters
                 batch = self.batch(split, k, stream=3)
                 torch.manual_seed(mix_seed(cfg.seed, 4, k))
                 logits, _ = self.step_loss(batch)
                 for name, (total, count) in self.objective.metrics(logits, batch).items():
                     s = sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=self.device))
-                    s += torch.stack([torch.as_tensor(total, dtype=torch.float64, device=self.device),
-                                      torch.as_tensor(count, dtype=torch.float64, device=self.device)])
+                    s += weight * torch.stack([torch.as_tensor(total, dtype=torch.float64, device=self.device),
+                                               torch.as_tensor(count, dtype=torch.float64, device=self.device)])
             for name in sorted(sums):
                 if ranks.ddp:
                     torch.distributed.all_reduce(sums[name])
@@ -469,13 +509,15 @@ class Trainer:
                  "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "eval_done": eval_done,
                  "rng": rng_states(), "sampler": {"seed": self.cfg.seed, "next_iter": self.iter_num},
                  "config": self.resolved, "data_meta": self.meta}
-        if best:
-            checkpoint.save(state, self.out_dir / "best.pt")
-        elif self.cfg.keep_last:
-            checkpoint.save(state, self.ckpt_path, keep_copy=self.out_dir / f"ckpt_{self.iter_num:08d}.pt",
-                            keep_last=self.cfg.keep_last)
-        else:
-            checkpoint.save(state, self.ckpt_path)
+        path = self.out_dir / "best.pt" if best else self.ckpt_path
+        try:
+            if best or not self.cfg.keep_last:
+                checkpoint.save(state, path)
+            else:
+                checkpoint.save(state, path, keep_copy=self.out_dir / f"ckpt_{self.iter_num:08d}.pt",
+                                keep_last=self.cfg.keep_last)
+        except OSError as e:
+            fail(f"cannot write checkpoint {path} ({e.strerror or e}); the previous one is unchanged")
 
     def eval_and_save(self, lr, start_iter):
         """Evaluate, log, and write ckpt.pt (and best.pt when val improves) unless the loss is not finite."""
@@ -590,6 +632,9 @@ class Trainer:
                   f"continue with --init_from=resume")
         if self.ranks.ddp:
             torch.distributed.barrier()
+        marker = os.environ.get("TRAIN_PREEMPTION_MARKER")  # set by launch.py, which then exits 0 instead of 1
+        if marker and self.ranks.master:
+            Path(marker).touch()
 
 
 def main(argv):
@@ -607,7 +652,8 @@ def main(argv):
     if meta["vocab_size"] > model_cfg.vocab_size:
         fail(f"the model's vocab_size {model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
     resolved = {**asdict(cfg), **asdict(model_cfg), "world_size": ranks.world,
-                "resolved_dtype": str(dtype).removeprefix("torch."), "data_dir": data_dir}
+                "resolved_dtype": str(dtype).removeprefix("torch."),
+                "data_dir": os.path.abspath(data_dir)}  # eval/sample/analysis find it from any directory
     try:
         trainer = Trainer(cfg, model.to(device), ckpt, ranks, device, dtype, meta, data_dir, resolved)
     except DataError as e:

@@ -5,12 +5,13 @@ Format (format_version 1): `<split>.bin` holds the token ids as raw little-endia
 meta.json says how to read them:
     {"format_version": 1, "dataset": str, "tokenizer": "char"|"byte"|"gpt2", "vocab_size": int,
      "dtype": "uint8"|"uint16",
-     "splits": {"train": {"tokens": int, "bytes": int, "words": int}, "val": {...}, "test": {...}?},
+     "splits": {"train": {"tokens": int, "bytes": int, "words": int, "max_id": int}, "val": {...}, "test": {...}?},
      "chars": [...] (char only), "eot_token": int (gpt2 only),
      "doc_separator": int (packed documents: the id that ends every document; train.py's doc_mask reads it),
      "sources": [{"path": str, "sha256": str, "bytes": int}]}
 `bytes` (UTF-8 bytes of the split's source text) and `words` (whitespace-split words) let an evaluation convert a
-per-token loss into bits per byte/character or per-word perplexity.
+per-token loss into bits per byte/character or per-word perplexity. `max_id` (the largest id in the split) is
+checked against the file whenever it is opened.
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def write_dataset(out_dir, splits: dict[str, np.ndarray], meta: dict) -> None:
         if len(arr) and (arr.min() < 0 or arr.max() >= vocab_size):
             raise DataError(f"write_dataset: split {name!r} has ids in [{arr.min()}, {arr.max()}], "
                             f"outside the vocabulary [0, {vocab_size})")
+        if len(arr):
+            info["max_id"] = int(arr.max())  # lets readers catch a foreign or corrupt .bin of the right size
     if set(meta["splits"]) != set(splits):
         raise DataError(f"write_dataset: meta lists splits {sorted(meta['splits'])} "
                         f"but got arrays for {sorted(splits)}")
@@ -179,7 +182,52 @@ def open_split(data_dir, split: str, meta: dict | None = None) -> np.memmap:
                         f"({tokens * dtype.itemsize} bytes); {redo}")
     if tokens == 0:
         raise DataError(f"{path} is empty (0 tokens); {redo} with more text")
-    return np.memmap(path, dtype=dtype, mode="r")
+    data = np.memmap(path, dtype=dtype, mode="r")
+    largest, recorded = _max_id(path, data), meta["splits"][split].get("max_id")
+    if largest >= meta["vocab_size"] or (recorded is not None and largest != recorded):
+        expected = f"{recorded}" if recorded is not None else f"below vocab_size {meta['vocab_size']}"
+        raise DataError(f"{path} holds token id {largest} but meta.json says its largest id is {expected} "
+                        f"(a corrupt or foreign file); {redo}")
+    return data
+
+
+_max_ids = {}  # (path, size, mtime): largest id, so a file is scanned once per process
+
+
+def _max_id(path, data):
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _max_ids:
+        step = 1 << 24
+        _max_ids[key] = max(int(data[i:i + step].max()) for i in range(0, len(data), step))
+    return _max_ids[key]
+
+
+def vocabulary(meta: dict) -> dict:
+    """What the token ids of a dataset mean: two datasets with equal vocabularies can share a model."""
+    keep = {"char": ("chars",), "byte": (), "gpt2": ("eot_token",)}[meta["tokenizer"]]
+    return {"tokenizer": meta["tokenizer"], "vocab_size": meta["vocab_size"], **{k: meta.get(k) for k in keep}}
+
+
+def check_same_vocabulary(trained: dict, meta: dict, ckpt, data_dir) -> None:
+    """DataError (one line) unless the data in data_dir (meta) uses the vocabulary the checkpoint was trained on
+    (trained: the checkpoint's data meta; empty when it records none, and then nothing can be compared)."""
+    if not trained:
+        return
+    a, b = vocabulary(trained), vocabulary(meta)
+    if a == b:
+        return
+    head = f"{ckpt} was trained on a different vocabulary than {data_dir} holds:"
+    if a["tokenizer"] != b["tokenizer"]:
+        raise DataError(f"{head} {a['tokenizer']}-tokenized vs {b['tokenizer']}-tokenized data")
+    if a["tokenizer"] == "char":
+        ca, cb = a["chars"], b["chars"]
+        diff = next((i for i, (x, y) in enumerate(zip(ca, cb)) if x != y), min(len(ca), len(cb)))
+        shown = (f"id {diff} is {ca[diff]!r} vs {cb[diff]!r}" if diff < min(len(ca), len(cb)) else
+                 f"the first {diff} agree")
+        raise DataError(f"{head} {len(ca)} vs {len(cb)} characters ({shown}); prepare the data with the same "
+                        f"characters")
+    raise DataError(f"{head} " + ", ".join(f"{k} {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Training that survives faults, shown with real processes: exact resume after SIGTERM and SIGKILL, a kill while a
-checkpoint is being written, the bad-input matrix, non-finite values, and a DDP rank that dies."""
+checkpoint is being written, non-finite values, and a DDP rank that dies."""
 import hashlib
 import json
 import os
@@ -87,6 +87,10 @@ def test_sigkill_resumes_exactly_from_the_last_interval_checkpoint(shakespeare_d
     run(args_for(shakespeare_dir, out, "--init_from=resume", "--ckpt_interval=5", "--keep_last=2"),
         env={"OMP_NUM_THREADS": "2"})
     assert train_losses(out) == reference
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # the steps the killed run logged after its last checkpoint were dropped, not repeated
+    assert [r["iter"] for r in records if r["kind"] == "train"] == list(range(30))
+    assert [r["iter"] for r in records if r["kind"] == "eval"] == [0, 30]
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(shakespeare_dir, tmp_path):
@@ -120,60 +124,6 @@ def finished_run(shakespeare_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
     run(args_for(shakespeare_dir, out, "--max_iters=4", "--ckpt_interval=2"))
     return out
-
-
-@pytest.fixture(scope="module")
-def broken_data(shakespeare_dir, tmp_path_factory):
-    """Copies of the prepared data with one fault each."""
-    root = tmp_path_factory.mktemp("broken")
-    for name in ("missing_val", "truncated", "bad_meta"):
-        shutil.copytree(shakespeare_dir, root / name)
-    (root / "missing_val" / "val.bin").unlink()
-    with open(root / "truncated" / "train.bin", "r+b") as f:
-        f.truncate(1000)
-    meta = json.loads((root / "bad_meta" / "meta.json").read_text())
-    meta["dtype"] = "uint32"
-    (root / "bad_meta" / "meta.json").write_text(json.dumps(meta))
-    return root
-
-
-BAD_TRAIN = [
-    ([], ["--n_layers=3"], 2, "unknown config key 'n_layers' for variant 'gpt'; did you mean n_layer"),
-    ([], ["--learning_rate=fast"], 2, "learning_rate expects float, got 'fast'"),
-    ([], ["--n_head=5"], 2, "n_head=5 must divide n_embd=48"),
-    ([], ["--variant=parallel", "--n_layer=3"], 2, "n_layer must be even, got 3"),
-    ([], ["--init_from=resume", "--block_size=64"], 2, "block_size=64 exceeds the checkpoint's 32"),
-    ([], ["--init_from=resume", "--n_embd=64", "--n_head=2"], 2, "n_embd=64 differs from the checkpoint's 48"),
-    ([], ["--init_from=resume", "--variant=parallel"], 2, "is a 'gpt' checkpoint but variant='parallel'"),
-    ([], ["--init_from=scratch"], 2, "ckpt.pt exists; use --init_from=resume"),
-    ("missing_val", ["--init_from=resume"], 1, "val.bin not found but meta.json lists split 'val'"),
-    ("truncated", ["--init_from=resume"], 1, "train.bin has 1000 bytes but meta.json says"),
-    ("bad_meta", ["--init_from=resume"], 1, "dtype must be one of"),
-]
-
-
-@pytest.mark.parametrize("data,extra,code,message", BAD_TRAIN)
-def test_bad_train_input_is_one_line_and_changes_nothing(finished_run, shakespeare_dir, broken_data, data, extra,
-                                                        code, message):
-    if "--variant=parallel" in extra:
-        pytest.importorskip("variants.parallel")
-    before = {p.name: digest(p) for p in finished_run.iterdir()}
-    data_dir = broken_data / data if data else shakespeare_dir
-    proc = run(args_for(data_dir, finished_run, *extra), check=False)
-    assert proc.returncode == code, proc.stderr
-    assert message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert {p.name: digest(p) for p in finished_run.iterdir()} == before
-
-
-@pytest.mark.parametrize("start,message", [
-    ("", "the prompt is empty"),
-    ("Zeus ⚡", "'⚡' (U+26A1) is not in this dataset's 65-character vocabulary"),
-    ("a" * 33, "the prompt is 33 tokens but the model's context is 32"),
-])
-def test_bad_sample_input(finished_run, start, message):
-    proc = run(["sample.py", f"--out_dir={finished_run}", f"--start={start}"], check=False)
-    assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path, shakespeare_dir):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
-from data.common import (CharTokenizer, download, make_parser, read_text, require_nonempty,  # noqa: E402
-                         run_cli, summary_line, text_stats, write_dataset)
+from data.common import (DTYPES, CharTokenizer, DataError, download, make_parser, read_text,  # noqa: E402
+                         require_nonempty, run_cli, summary_line, text_stats, write_dataset)
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -26,6 +26,9 @@ def main():
     source = args.source or download(URL, args.out_dir / "input.txt")
     text, record = read_text(source)
     chars = sorted(set(text))
+    if len(chars) > DTYPES["uint16"]:
+        raise DataError(f"{source} has {len(chars):,} distinct characters; a char vocabulary holds at most "
+                        f"{DTYPES['uint16']:,} (uint16 ids)")
     n_train = int(len(text) * 0.9)
     parts = {"train": text[:n_train], "val": text[n_train:]}
     tok = CharTokenizer(chars)
