@@ -8,9 +8,10 @@ distances periodically. Attention is softmax(s + log m_span + log m_tri): the po
 the paper written as an additive log-mask, -inf where a mask is <= 1e-6.
 
 Both masks depend on the distance only, so a layer's whole mask is an (H, D) table (AttnMask.distance_bias), where D,
-the layer's reach, is max_h z_h + R rounded up to 16 keys. attention.py's banded path then never computes
-keys further than D, the dense reference gives the same numbers (tests check outputs and gradients, d/du and
-d/dperiod included), and generation keeps only the last D - 1 keys per layer (RollingKVCache).
+the layer's reach, is max_h z_h + R rounded up to 16 keys. attention.py's banded path (CPU) and FlexAttention (CUDA:
+a block mask cut at D, the table read by a score_mod that passes gradients back to it) then never compute keys
+further than D, the dense reference gives the same numbers (tests check outputs and gradients, d/du and d/dperiod
+included), and generation keeps only the last D - 1 keys per layer (RollingKVCache).
 
 use_adaptive_attention=False is the baseline of this family: plain causal attention, with the same extra per-block
 position embeddings (SPEC §2.1), so the three recipes (baseline, span only, span + periodic) differ only in the masks.

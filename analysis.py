@@ -30,6 +30,7 @@ from tqdm import tqdm
 import checkpoint
 import configurator
 import runtime
+import scaling
 import variants
 from attention import dense_attention
 from data.common import DataError, check_same_vocabulary, load_meta, open_split
@@ -198,7 +199,7 @@ def load(paths, cfg):
     """[(checkpoint, model, objective, (x, y) eval batch)] for each checkpoint path."""
     loaded = []
     for path in tqdm(paths, desc="loading", unit="ckpt", disable=None, leave=False):
-        ckpt = checkpoint.load(path)
+        ckpt = scaling.load_checkpoint(path, optimizer=False)
         model = checkpoint.build_model(ckpt, variants.get, path)
         data_dir = cfg.data_dir or checkpoint.data_dir(ckpt)
         if not data_dir:
@@ -248,7 +249,9 @@ def main(argv):
         paths = [Path(p) for p in cfg.ckpt.split(",") if p]
         if not paths:
             raise configurator.ConfigError("give --ckpt=PATH[,PATH...] (a checkpoint file or its out_dir)")
-        paths = [p / "ckpt.pt" if p.is_dir() else p for p in paths]
+        # a run's directory means its ckpt.pt, or the folder ckpt of an FSDP run
+        paths = [scaling.checkpoint_at(p / "ckpt.pt" if p.is_dir() and not scaling.is_sharded_checkpoint(p) else p)
+                 for p in paths]
         labels = cfg.labels.split(",") if cfg.labels else [p.resolve().parent.name for p in paths]
         if len(labels) != len(paths) or len(set(labels)) != len(labels):
             raise configurator.ConfigError(f"need one distinct label per checkpoint, got {labels}")

@@ -2,15 +2,22 @@
 
 A mask is described (AttnMask), not materialised, so fast paths can skip the work it rules out:
     dense_attention   the readable O(T^2) reference (also returns the attention weights)
-    sdpa_attention    fused SDPA: flash causal, the banded kernel for reach-limited masks, else an explicit mask
+    sdpa_attention    fused SDPA: flash causal, the banded kernel for reach-limited masks, else an explicit mask;
+                      on CUDA, masks SDPA cannot skip work for go to flex_attention instead (see use_flex)
+    flex_attention    FlexAttention: the mask's pairs as a block mask (untouched tiles skipped), its biases as a
+                      score_mod (gradients reach learnable ones); compiled on CUDA, a forward-only reference on CPU
     banded_attention  causal attention of limited reach in O(T * (block + reach)), one fused call
 KVCache keeps every key of a layer for decoding; RollingKVCache only the last few a window or span can reach.
 """
 import math
-from dataclasses import dataclass, replace
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch.nn import functional as F
+from torch.nn.attention.flex_attention import and_masks, create_block_mask
+from torch.nn.attention.flex_attention import flex_attention as torch_flex_attention
 
 
 @dataclass
@@ -24,10 +31,14 @@ class AttnMask:
     distance_bias: (H, D) additive bias by distance, d in [0, D); implies window D. Learned log-masks such as adaptive
                    span and periodic masking are functions of distance, so blocked kernels can slice them for free.
     bias:          an additive float term broadcastable to (B, H, Tq, Tk), may require grad (padding, DeBERTa).
+                   Entries at or below half the dtype's lowest value (or -inf) exclude their pair: softmax gives them
+                   exactly 0 either way, and FlexAttention's block mask skips keys a bias of shape (B, 1, 1, Tk)
+                   excludes (padding).
     segments:      (B, T) document index of every position of a whole sequence: only pairs within one document
                    (packed text with doc_mask).
     block:         query block of the banded fast path (0: chosen from the reach by band_block).
-    A layout with a pattern of its own (duo's interleaving) subclasses this and overrides dense_allowed.
+    A layout with a pattern of its own (duo's interleaving) subclasses this and overrides dense_allowed, and
+    mask_mod for FlexAttention (otherwise Flex reads the dense pattern from a table).
     """
     causal: bool = True
     window: int | None = None
@@ -64,6 +75,27 @@ class AttnMask:
             same = (self.segments[:, :, None] == self.segments[:, None, :])[:, None]  # (B, 1, T, T)
             keep = same if keep is None else keep & same
         return keep
+
+    def mask_mod(self, Tq, Tk, device):
+        """FlexAttention's mask_mod(b, h, q_idx, kv_idx) -> bool of the pairs dense_allowed keeps (None: all). Causal
+        and reach are one rule whose bounds are tensors, so that one compiled kernel serves every offset, window and
+        reach (no recompilation per layer)."""
+        if type(self).dense_allowed is not AttnMask.dense_allowed:  # a pattern known only densely: read its table
+            keep = self.dense_allowed(Tq, Tk, device)
+            keep = None if keep is None else as_4d(keep)
+            return None if keep is None else lambda b, h, q, kv: pick(keep, b, h, q, kv)
+        reach, seg = self.reach(), self.segments
+        if seg is not None and (Tq != Tk or self.q_offset):
+            raise ValueError("a document mask covers one whole sequence (no KV cache)")
+        if not self.causal and reach is None and seg is None:
+            return None
+        # distances d = q + off - kv lie in [off - Tk + 1, off + Tq - 1]: bounds outside that range rule nothing out
+        off, lo, hi = (torch.full((), n, device=device) for n in (
+            self.q_offset, 0 if self.causal else self.q_offset - Tk, self.q_offset + Tq if reach is None else reach))
+        within = lambda b, h, q, kv: (q + off - kv >= lo) & (q + off - kv < hi)
+        if seg is None:
+            return within
+        return and_masks(within, lambda b, h, q, kv: seg[b, q] == seg[b, kv])
 
     def dense_bias(self, Tq, Tk, device):
         """The additive (.., Tq, Tk) score bias (or None): bias plus distance_bias gathered at each pair's distance."""
@@ -104,10 +136,13 @@ def dense_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None, return_w
     return (y, weights) if return_weights else y
 
 
-def sdpa_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None):
+def sdpa_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None, flex=True):
     """Fused scaled-dot-product attention. Plain causal goes to flash-style kernels with no mask tensor; a causal
     mask of limited reach (window, span) over a whole sequence goes to banded_attention, whose cost is
-    O(T * (block + reach)) instead of O(T^2); anything else gets an explicit mask."""
+    O(T * (block + reach)) instead of O(T^2); anything else gets an explicit mask. On CUDA (flex=True), the masks
+    use_flex names go to flex_attention, which skips the tiles they never reach."""
+    if flex and use_flex(q, mask, dropout_p):
+        return flex_attention(q, k, v, mask, scale=scale)
     Tq, Tk = q.size(-2), k.size(-2)
     if mask.is_plain_causal() and mask.q_offset == Tk - Tq:
         # is_causal aligns the last query with the last key (top-left alignment is only right for Tq == Tk)
@@ -191,7 +226,160 @@ def banded_attention(q, k, v, mask, reach, block, dropout_p=0.0, scale=None):
     return y.view(B, nb, H, b, hd).transpose(1, 2).reshape(B, H, nb * b, hd)[:, :, :T]
 
 
-KERNELS = {"sdpa": sdpa_attention, "dense": dense_attention}
+# FlexAttention ------------------------------------------------------------------------------------------------------
+FLEX_NO_CPU_BACKWARD = "attn_impl='flex' has no backward on CPU (torch FlexAttention); train with --attn_impl=sdpa"
+FLEX_NO_DROPOUT = ("attn_impl='flex' has no attention dropout (torch FlexAttention); train with --dropout=0 or "
+                   "--attn_impl=sdpa")
+BLOCK_MASK_CACHE = 64  # tensor-free patterns kept (a model has a few: one per window or reach, and per length)
+_block_masks = OrderedDict()  # (pattern, lengths, device) -> BlockMask, least recently used dropped first
+_FLEX = {"kernel": None, "tensors": None}  # the compiled CUDA kernel; (tensors, versions, {pattern: BlockMask})
+
+
+def check_trainable(attn_impl, device, dropout=0.0):
+    """Raise ValueError with one line when a model using attn_impl cannot be trained on device (a torch.device or
+    a resolved name such as "cpu", "cuda:1"): FlexAttention has no backward on CPU and no attention dropout."""
+    if attn_impl != "flex":
+        return
+    if torch.device(device).type == "cpu":
+        raise ValueError(FLEX_NO_CPU_BACKWARD)
+    if dropout:
+        raise ValueError(FLEX_NO_DROPOUT)
+
+
+def as_4d(t):
+    """t (broadcastable to (B, H, Tq, Tk)) with its missing leading dimensions as size 1."""
+    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+
+
+def pick(t, b, h, q, kv):
+    """Entry (b, h, q, kv) of a 4-d t whose size-1 dimensions broadcast."""
+    index = [i if n > 1 else 0 for i, n in zip((b, h, q, kv), t.shape)]
+    return t[index[0], index[1], index[2], index[3]]
+
+
+def key_bias(bias):
+    """A bias that varies over keys (and the batch) only, as (B or 1, Tk); None if it varies over heads or queries
+    (content-dependent, e.g. DeBERTa's) or there is none."""
+    if bias is None or bias.dim() > 4:
+        return None
+    full = as_4d(bias)
+    return full[:, 0, 0] if full.size(1) == 1 and full.size(2) == 1 else None
+
+
+def own_pattern(mask):
+    return (type(mask).mask_mod is not AttnMask.mask_mod or type(mask).dense_allowed is not AttnMask.dense_allowed)
+
+
+def use_flex(q, mask, dropout_p=0.0):
+    """Whether sdpa_attention hands a call to FlexAttention: on CUDA, without attention dropout (Flex has none), when
+    flex_pays. CPU stays on SDPA (Flex has no backward there)."""
+    return q.is_cuda and not dropout_p and flex_pays(mask, q.size(-2))
+
+
+def flex_pays(mask, Tq):
+    """Whether a mask is one SDPA cannot skip work for and Flex can: a limited reach or a distance bias (windows,
+    spans, periodic masks, ALiBi), a pattern of its own (duo), documents, or key padding, over several queries.
+    Plain causal stays on flash SDPA; one decoding query, and a bias that varies over queries alone (DeBERTa's),
+    stay on SDPA."""
+    if Tq == 1:
+        return False
+    return (mask.reach() is not None or mask.segments is not None or own_pattern(mask)
+            or key_bias(mask.bias) is not None)
+
+
+def flex_score_mod(mask):
+    """score_mod(score, b, h, q_idx, kv_idx) adding the mask's biases, or None. The tensors it reads keep their
+    autograd graph: on CUDA gradients flow to learnable biases (adaptive span's log-mask, and through it to the span,
+    period and ratio parameters)."""
+    terms = []
+    if mask.distance_bias is not None:
+        table = mask.distance_bias
+        off, by_head = torch.full((), mask.q_offset, device=table.device), table.size(0) > 1
+        terms.append(lambda b, h, q, kv: table[h if by_head else 0, (q + off - kv).clamp(0, table.size(-1) - 1)])
+    if mask.bias is not None:
+        bias = as_4d(mask.bias)
+        terms.append(lambda b, h, q, kv: pick(bias, b, h, q, kv))
+    if not terms:
+        return None
+
+    def score_mod(score, b, h, q, kv):
+        for term in terms:
+            score = score + term(b, h, q, kv).to(score.dtype)
+        return score
+    return score_mod
+
+
+def flex_block_mask(mask, Tq, Tk, batch, device):
+    """The BlockMask of the pairs the mask allows (None: all), plus the keys its bias excludes. A pattern without
+    tensors (causal, window, reach, a subclass's own fields) is cached per (pattern, lengths, device); one that reads
+    tensors (documents, padding) is kept while calls bring the same tensors, unchanged: the layers of one forward
+    pass. Under torch.compile it is built in the graph."""
+    keys = key_bias(mask.bias)
+    plain, tensors = [type(mask), mask.reach(), Tq, Tk, str(device)], []
+    for f in fields(mask):
+        if f.name not in ("distance_bias", "bias", "block"):
+            value = getattr(mask, f.name)
+            (tensors if isinstance(value, torch.Tensor) else plain).append(value)
+    # a pattern can differ across the batch only through its tensors (documents, a subclass's) or per-row padding
+    B = batch if tensors or (keys is not None and keys.size(0) > 1) else None
+    if keys is not None:
+        tensors.append(mask.bias)  # the object every layer of a forward pass shares (keys is a fresh view)
+    key = tuple(plain + [B])
+
+    def build():
+        mod = mask.mask_mod(Tq, Tk, device)
+        if keys is not None:
+            kept = (keys.detach() > torch.finfo(keys.dtype).min / 2)[:, None, None, :]
+            key_mod = lambda b, h, q, kv: pick(kept, b, h, q, kv)
+            mod = key_mod if mod is None else and_masks(mod, key_mod)
+        return None if mod is None else create_block_mask(mod, B, None, Tq, Tk, device=device)
+
+    if torch.compiler.is_compiling():
+        return build()
+    if not tensors:
+        if key in _block_masks:
+            _block_masks.move_to_end(key)
+        else:
+            _block_masks[key] = build()
+            if len(_block_masks) > BLOCK_MASK_CACHE:
+                _block_masks.popitem(last=False)
+        return _block_masks[key]
+    versions = [None if t.is_inference() else t._version for t in tensors]  # inference tensors keep no version
+    seen = _FLEX["tensors"]
+    if (seen is None or len(seen[0]) != len(tensors) or any(a is not b for a, b in zip(seen[0], tensors))
+            or seen[1] != versions):
+        seen = _FLEX["tensors"] = (tensors, versions, {})
+    if key not in seen[2]:
+        seen[2][key] = build()
+    return seen[2][key]
+
+
+def flex_kernel(q):
+    """FlexAttention compiled once on CUDA (a torch.compile'd model traces it in place); eager elsewhere, where it
+    is a reference that materialises the scores."""
+    if not q.is_cuda or torch.compiler.is_compiling():
+        return torch_flex_attention
+    if _FLEX["kernel"] is None:
+        _FLEX["kernel"] = torch.compile(torch_flex_attention)
+    return _FLEX["kernel"]
+
+
+def flex_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None):
+    """Attention through FlexAttention: mask_mod and key padding as a block mask, biases as a score_mod."""
+    if dropout_p:
+        raise ValueError(FLEX_NO_DROPOUT)
+    if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        raise ValueError(FLEX_NO_CPU_BACKWARD)
+    block_mask = flex_block_mask(mask, q.size(-2), k.size(-2), q.size(0), q.device)
+    kernel, score_mod = flex_kernel(q), flex_score_mod(mask)
+    if kernel is torch_flex_attention and not torch.compiler.is_compiling():
+        with warnings.catch_warnings():  # the eager reference is meant here: no advice to compile it
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
+            return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+
+
+KERNELS = {"sdpa": sdpa_attention, "flex": flex_attention, "dense": dense_attention}
 
 
 def share_kv_heads(t, n_head):

@@ -6,6 +6,8 @@ hits all of them alike:
     python bench.py --variants=all --modes=eager,compile
     python bench.py --variants=gpt,config/bench/my_variant.py --seq_lens=1024,2048,4096 --batch_size=1
     python bench.py --component=attention --seq_lens=1024    # one attention layer only
+    python bench.py plan config/llama_7b.py --world_size=8 --gpu_gb=80   # memory per rank, DDP and FSDP (memory.py)
+    python bench.py plan --presets                                        # how many GPUs each LLaMA / GPT-2 size needs
 
 An entry is a registered variant name or a config file (python assignments: `variant = "..."` plus that variant's
 fields; shape keys in it override the shared shape; its file stem labels it). For every entry and sequence length it
@@ -28,6 +30,7 @@ import torch
 
 import configurator
 import flops
+import memory
 import runtime
 import variants
 from attention import share_kv_heads
@@ -367,6 +370,8 @@ def markdown_table(results, flop_checks, gen, baseline, cfg):
 
 
 def main(argv):
+    if argv[:1] == ["plan"]:  # the memory planner: nothing is run, so it has its own keys
+        return memory.main(argv[1:])
     cfg, entries, modes, seq_lens, baseline, device, dtype, shape, models = read_config(argv)
     autocast = runtime.autocast(device, dtype)
     # the machine's speed drifts (clocks, neighbours): the peak is read again in every timing round, and MFU divides

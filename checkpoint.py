@@ -250,9 +250,10 @@ def load(path, map_location="cpu"):
     return ckpt
 
 
-def build_model(ckpt, lookup, path="checkpoint", **overrides):
-    """Instantiate the checkpoint's variant with its saved config (plus overrides such as dropout) and weights.
-    lookup maps the saved variant name to its registry entry (variants.get)."""
+def build_model(ckpt, lookup, path="checkpoint", weights=True, **overrides):
+    """Instantiate the checkpoint's variant with its saved config (plus overrides such as dropout) and, unless
+    weights=False (a sharded checkpoint's weights load after sharding), its weights. lookup maps the saved variant
+    name to its registry entry (variants.get)."""
     try:
         cls = lookup(ckpt["variant"]).model_class
     except ValueError as e:
@@ -263,6 +264,8 @@ def build_model(ckpt, lookup, path="checkpoint", **overrides):
     except TypeError as e:
         raise CheckpointError(f"{path}: saved config does not fit variant {ckpt['variant']!r}: {e}") from None
     model = cls(config)
+    if not weights:
+        return model
     try:
         missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     except RuntimeError as e:  # shape mismatches

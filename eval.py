@@ -30,6 +30,7 @@ import analysis
 import checkpoint
 import configurator
 import runtime
+import scaling
 import variants
 from data.common import DataError, check_same_vocabulary, load_meta, open_split
 
@@ -104,8 +105,8 @@ def prepare(argv):
             raise configurator.ConfigError("stride and max_tokens must be >= 0 and batch_size >= 1")
         runtime.resolve(cfg.device, cfg.dtype)
         runtime.check_output_dir(cfg.out_dir)
-        path = Path(cfg.out_dir) / cfg.ckpt
-        ckpt = checkpoint.load(path)
+        path = scaling.checkpoint_at(Path(cfg.out_dir) / cfg.ckpt)  # ckpt.pt, or the folder ckpt of an FSDP run
+        ckpt = scaling.load_checkpoint(path, optimizer=False)
         model = checkpoint.build_model(ckpt, variants.get, path, dropout=0.0)
         if not variants.get(ckpt["variant"]).objective.causal:
             raise configurator.ConfigError(f"variant {ckpt['variant']!r} is not a causal LM; its MLM metrics are in "

@@ -27,6 +27,7 @@ from pathlib import Path
 import checkpoint
 import configurator
 import hf_import
+import scaling
 from runtime import fail
 import variants
 from data.common import DataError, get_tokenizer
@@ -198,7 +199,8 @@ def read_config(argv):
 def main(argv):
     path, to = read_config(argv)
     try:
-        ckpt = checkpoint.load(path)
+        path = scaling.checkpoint_at(path)  # ckpt.pt, or the folder ckpt of an FSDP run
+        ckpt = scaling.load_checkpoint(path, optimizer=False)
         variant = ckpt["variant"]
         if variant not in EXPORTS:
             raise ValueError(f"variant {variant!r} has no Hugging Face form; export supports {', '.join(EXPORTS)}")

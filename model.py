@@ -25,7 +25,7 @@ class GPTConfig:
     n_embd: int = 768  # model width
     dropout: float = 0.0  # on embeddings, attention weights and residual branches (training only)
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
-    attn_impl: str = "sdpa"  # "sdpa" (fast path) or "dense" (readable reference, also gives attention weights)
+    attn_impl: str = "sdpa"  # "sdpa" (fast; Flex on CUDA for masks it cuts), "flex" (no CPU training), "dense" (reference)
     hidden_act: str = "gelu"  # "gelu" (exact, as nanoGPT; 2-3x cheaper on CPU) or "gelu_tanh" (GPT-2's own, for its weights)
 
     def validate(self):

@@ -18,6 +18,7 @@ import torch
 import checkpoint
 import configurator
 import runtime
+import scaling
 from runtime import fail
 import variants
 from data.common import DataError, get_tokenizer
@@ -44,8 +45,8 @@ class SampleConfig:
 def load_model(cfg):
     """(model, its objective, tokenizer) from a checkpoint of ours or from Hugging Face GPT-2 weights."""
     if cfg.init_from == "resume":
-        path = Path(cfg.out_dir) / cfg.ckpt
-        ckpt = checkpoint.load(path)
+        path = scaling.checkpoint_at(Path(cfg.out_dir) / cfg.ckpt)  # ckpt.pt, or the folder ckpt of an FSDP run
+        ckpt = scaling.load_checkpoint(path, optimizer=False)
         model = checkpoint.build_model(ckpt, variants.get, path, dropout=0.0)
         meta = ckpt.get("data_meta")
         if meta is None:

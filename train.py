@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,14 +30,17 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import attention
 import checkpoint
 import configurator
 import flops
+import memory
 import runtime
+import scaling
 from runtime import fail
 import variants
 from data.common import DataError, check_same_vocabulary, load_meta, open_split
-from model import GPTConfig
+from model import GPT, GPTConfig
 from objectives import Batch
 
 
@@ -88,6 +92,9 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # a non-finite loss or gradient: "stop" the run, or "skip" the step
     max_skipped_steps: int = 10  # on_nonfinite=skip: this many skipped steps in a row stop the run (exit 1)
     ddp_timeout_s: int = 600  # a collective waiting this long on a dead rank fails instead of hanging
+    # scaling out
+    parallelism: str = "ddp"  # under torchrun: "ddp" (whole model per rank) or "fsdp" (FSDP2 shards; ckpt is a folder)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward: less memory
 
     def validate(self):
         # nan or inf (the literal 1e999 parses as inf) would pass every range check below
@@ -118,6 +125,9 @@ class TrainConfig:
             (self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be stop or skip, not {self.on_nonfinite!r}"),
             (self.ckpt_interval >= 0 and self.keep_last >= 0, "ckpt_interval and keep_last must be >= 0"),
             (self.ddp_timeout_s >= 1, f"ddp_timeout_s must be >= 1, got {self.ddp_timeout_s}"),
+            (self.parallelism in ("ddp", "fsdp"), f"parallelism must be ddp or fsdp, not {self.parallelism!r}"),
+            # GradScaler cannot unscale sharded gradients; bf16 needs no scaling
+            (self.parallelism != "fsdp" or self.dtype != "float16", "parallelism=fsdp runs in float32 or bfloat16"),
             (self.doc_mask or not self.doc_positions, "doc_positions needs doc_mask=True"),
             (not self.decay_lr or self.lr_decay_iters > self.warmup_iters,
              f"lr_decay_iters ({self.lr_decay_iters}) must exceed warmup_iters ({self.warmup_iters})"),
@@ -328,14 +338,16 @@ def check_init_from(init_from):
         f"({', '.join(GPT2_NAMES)}, optionally prefixed openai-community/){hint}")
 
 
-def pretrained_model_type(init_from):
-    """The model_type of pretrained weights: "gpt2" for a GPT-2 name, else what the directory's config.json says."""
+def pretrained_tokenizer(init_from):
+    """"gpt2" when pretrained weights read GPT-2 BPE ids (a GPT-2 name, or a directory of a GPT-2 model with that
+    vocabulary), else None (unknown: only the vocabulary size can be checked)."""
     if not os.path.isdir(init_from):
         return "gpt2"
     try:
-        return json.loads((Path(init_from) / "config.json").read_text()).get("model_type")
+        config = json.loads((Path(init_from) / "config.json").read_text())
     except (OSError, ValueError):
         return None  # the importer reports the unreadable directory
+    return "gpt2" if (config.get("model_type"), config.get("vocab_size")) == ("gpt2", 50257) else None
 
 
 def read_config(argv):
@@ -368,16 +380,22 @@ def read_config(argv):
 
 
 def build_from_scratch(cfg, model_cfg, explicit, variant, meta, ckpt_path):
-    if ckpt_path.exists() and not cfg.overwrite and not cfg.eval_only:
-        fail(f"{ckpt_path} exists; use --init_from=resume to continue that run or --overwrite=True to start over", 2)
+    found = scaling.checkpoint_at(ckpt_path)
+    if (found.exists() or scaling.is_sharded_checkpoint(found)) and not cfg.overwrite and not cfg.eval_only:
+        fail(f"{found} exists; use --init_from=resume to continue that run or --overwrite=True to start over", 2)
     if "vocab_size" not in explicit:
         model_cfg.vocab_size = variant.objective.vocab_size(meta["vocab_size"])
     return variant.build(model_cfg)
 
 
 def build_from_checkpoint(cfg, requested, explicit, meta, data_dir, ckpt_path):
-    """The architecture comes from the checkpoint; dropout and the attention path may change on resume."""
-    ckpt = checkpoint.load(ckpt_path, map_location="cpu")
+    """The architecture comes from the checkpoint; dropout and the attention path may change on resume. A sharded
+    checkpoint (a folder) gives its plain entries here; its weights are loaded once the model is sharded."""
+    ckpt_path = scaling.checkpoint_at(ckpt_path)
+    if scaling.is_sharded_checkpoint(ckpt_path) or ckpt_path.is_dir():
+        ckpt = {**scaling.read_extra(ckpt_path), "sharded_path": ckpt_path}
+    else:
+        ckpt = checkpoint.load(ckpt_path, map_location="cpu")
     if ckpt["variant"] != cfg.variant:
         fail(f"{ckpt_path} is a {ckpt['variant']!r} checkpoint but variant={cfg.variant!r}", 2)
     saved = ckpt["model_args"]
@@ -390,8 +408,8 @@ def build_from_checkpoint(cfg, requested, explicit, meta, data_dir, ckpt_path):
         check_same_vocabulary(ckpt.get("data_meta") or {}, meta, ckpt_path, data_dir)
     except DataError as e:
         fail(e, 2)
-    model = checkpoint.build_model(ckpt, variants.get, ckpt_path, dropout=requested.dropout,
-                                   attn_impl=requested.attn_impl)
+    model = checkpoint.build_model(ckpt, variants.get, ckpt_path, weights="sharded_path" not in ckpt,
+                                   dropout=requested.dropout, attn_impl=requested.attn_impl)
     return model, ckpt
 
 
@@ -405,7 +423,7 @@ def build_model(cfg, model_cfg, explicit, meta, data_dir, ckpt_path):
             return build_from_checkpoint(cfg, model_cfg, explicit, meta, data_dir, ckpt_path)
         if not hasattr(variant.model_class, "from_pretrained"):
             fail(f"variant {cfg.variant!r} cannot load pretrained weights (init_from={cfg.init_from!r})", 2)
-        if pretrained_model_type(cfg.init_from) == "gpt2" and meta["tokenizer"] != "gpt2":
+        if pretrained_tokenizer(cfg.init_from) == "gpt2" and meta["tokenizer"] != "gpt2":
             fail(f"init_from={cfg.init_from!r} holds GPT-2 weights, whose ids are GPT-2 BPE tokens, but {data_dir} is "
                  f"{meta['tokenizer']}-tokenized; prepare GPT-2 BPE data (data/tinystories, data/wikitext103)", 2)
         # the variant's own fields (windows, spans...), block_size and dropout apply on top of the weights
@@ -433,31 +451,48 @@ class Trainer:
         self.cfg, self.ranks, self.device, self.meta, self.resolved = cfg, ranks, device, meta, resolved
         self.objective = variants.get(cfg.variant).objective
         self.out_dir = Path(cfg.out_dir)
-        self.ckpt_path = self.out_dir / "ckpt.pt"
+        self.sharded_ckpt = cfg.parallelism == "fsdp"  # checkpoints are DCP folders, also in a single process
+        self.sharded = self.sharded_ckpt and ranks.ddp  # the model itself is sharded over the ranks
+        self.ckpt_path = self.out_dir / ("ckpt" if self.sharded_ckpt else "ckpt.pt")
         self.accum = cfg.gradient_accumulation_steps // ranks.world
-        self.dtype, self.autocast = dtype, runtime.autocast(device, dtype)
+        mixed = self.sharded and device.type == "cuda" and dtype == torch.bfloat16  # FSDP's policy replaces autocast
+        self.dtype, self.autocast = dtype, nullcontext() if mixed else runtime.autocast(device, dtype)
         self.sampler = BatchSampler(data_dir, meta, model.config.block_size, cfg.batch_size, cfg.seed, device)
         self.raw_model = model
         if ranks.master:
             write_run_config(self.out_dir, resolved)
             tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
             print(f"variant {cfg.variant}: {model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens/iter")
-        self.optimizer = make_optimizer(model, cfg, device.type)
+        if self.sharded:  # FSDP2 moves each rank's shards to the device, compiling block by block with compile=True
+            scaling.shard_model(model, device.type, mixed_precision=mixed, compile=cfg.compile)
+        self.optimizer = make_optimizer(model, cfg, device.type)  # over the sharded parameters
         self.iter_num, self.best_val_loss = 0, float("inf")
         if ckpt is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            set_rng_states(ckpt["rng"])
-            self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+            self.load_state(model, ckpt)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-        if cfg.compile:
+        if cfg.compile and not self.sharded:
             if ranks.master:
                 print("compiling the model...")
             model = torch.compile(model)
-        if ranks.ddp:
+        if ranks.ddp and not self.sharded:
             model = DDP(model, device_ids=[ranks.local_rank] if device.type == "cuda" else None)
         self.model = model
         resume_at = None if ckpt is None or cfg.eval_only else (self.iter_num, bool(ckpt.get("eval_done")))
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", cfg, resolved, enabled=ranks.master, resume_at=resume_at)
+
+    def load_state(self, model, ckpt):
+        """Weights (of a sharded checkpoint), optimizer, RNG and position of the checkpoint being resumed."""
+        if "sharded_path" in ckpt:  # into the sharded model, or a plain one (DDP, one process), at any world size
+            _, rng = scaling.load_sharded(ckpt["sharded_path"], model, self.optimizer)
+        elif self.sharded:  # a DDP run's single file continues under FSDP
+            scaling.load_full_state(model, self.optimizer, ckpt)
+            rng = ckpt["rng"]
+        else:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            rng = ckpt["rng"]
+        if rng is not None:  # None after a change of world size: every micro-step reseeds anyway
+            set_rng_states(rng)
+        self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
 
     def micro_index(self, it, micro):
         """Global micro-batch index: N ranks x M micro-steps draw what one process x N*M micro-steps would."""
@@ -483,8 +518,10 @@ class Trainer:
         results = {}
         for split in ("train", "val"):
             sums = {}
-            # a rank past eval_iters scores a batch with weight 0, so that every rank holds the same metric names
-            for k in range(ranks.rank, max(cfg.eval_iters, ranks.world), ranks.world):
+            # every rank runs as many forwards (FSDP's collectives need them all) and holds the same metric names: a
+            # rank past eval_iters scores a batch with weight 0
+            rounds = -(-cfg.eval_iters // ranks.world)
+            for k in range(ranks.rank, rounds * ranks.world, ranks.world):
                 weight = float(k < cfg.eval_iters)
                 k %= cfg.eval_iters
                 batch = self.batch(split, k, stream=3)
@@ -504,11 +541,17 @@ class Trainer:
         return results
 
     def save(self, eval_done, best=False):
+        """Write ckpt (or best): one file from rank 0, or under FSDP a folder every rank writes its shards into."""
         state = {"variant": self.cfg.variant, "model_args": asdict(self.raw_model.config),
-                 "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "eval_done": eval_done,
-                 "rng": rng_states(), "sampler": {"seed": self.cfg.seed, "next_iter": self.iter_num},
+                 "sampler": {"seed": self.cfg.seed, "next_iter": self.iter_num},
                  "config": self.resolved, "data_meta": self.meta}
+        if self.sharded_ckpt:
+            keep = self.out_dir / f"ckpt_{self.iter_num:08d}" if self.cfg.keep_last and not best else None
+            scaling.save_sharded(self.out_dir / "best" if best else self.ckpt_path, self.raw_model, self.optimizer,
+                                 state, rng_states(), keep_copy=keep, keep_last=self.cfg.keep_last)
+            return
+        state.update(model=self.raw_model.state_dict(), optimizer=self.optimizer.state_dict(), rng=rng_states())
         path = self.out_dir / "best.pt" if best else self.ckpt_path
         try:
             if best or not self.cfg.keep_last:
@@ -522,22 +565,30 @@ class Trainer:
     def eval_and_save(self, lr, start_iter):
         """Evaluate, log, and write ckpt.pt (and best.pt when val improves) unless the loss is not finite."""
         results = self.evaluate()
-        if not self.ranks.master:
+        master = self.ranks.master
+        if not (master or self.sharded):  # under FSDP every rank takes part in log_metrics and the save
             return
-        shown = " ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith(("loss", "bpc", "ppl")))
-        print(f"step {self.iter_num}: {shown}")
-        self.log.write({"iter": self.iter_num, "kind": "eval", "lr": lr, **results,
-                        **{f"model/{k}": v for k, v in self.raw_model.log_metrics().items()}})
-        improved = results["val/loss"] < self.best_val_loss
+        # a model that reports metrics of its weights (spans, gates) reads them whole: under FSDP, gathered on every rank
+        reports = type(self.raw_model).log_metrics is not GPT.log_metrics
+        with scaling.gathered(self.raw_model) if self.sharded and reports else nullcontext():
+            model_metrics = self.raw_model.log_metrics()
+        if master:
+            shown = " ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith(("loss", "bpc", "ppl")))
+            print(f"step {self.iter_num}: {shown}")
+            self.log.write({"iter": self.iter_num, "kind": "eval", "lr": lr, **results,
+                            **{f"model/{k}": v for k, v in model_metrics.items()}})
+        improved = results["val/loss"] < self.best_val_loss  # the same on every rank: results are all-reduced
         self.best_val_loss = min(self.best_val_loss, results["val/loss"])
         if not math.isfinite(results["val/loss"]):
-            print(f"warning: non-finite val loss at iter {self.iter_num}; {self.ckpt_path} is not overwritten")
+            if master:
+                print(f"warning: non-finite val loss at iter {self.iter_num}; {self.ckpt_path} is not overwritten")
         elif self.iter_num > start_iter and not self.cfg.eval_only:
             if improved:
                 self.save(eval_done=True, best=True)
             if improved or self.cfg.always_save_checkpoint:
                 self.save(eval_done=True)
-                print(f"saved checkpoint to {self.ckpt_path}")
+                if master:
+                    print(f"saved checkpoint to {self.ckpt_path}")
 
     def optimizer_step(self, batch, preemption):
         """One iteration's micro-steps, gradient clipping and update. Returns (loss, grad norm, nonfinite, preempted,
@@ -545,8 +596,7 @@ class Trainer:
         cfg, ranks = self.cfg, self.ranks
         for micro in range(self.accum):
             torch.manual_seed(mix_seed(cfg.seed, 1, self.micro_index(self.iter_num, micro)))  # dropout, noise...
-            if ranks.ddp:  # all-reduce gradients only on the last micro-step
-                self.model.require_backward_grad_sync = micro == self.accum - 1
+            scaling.set_gradient_sync(self.model, micro == self.accum - 1)  # reduce on the last micro-step only
             _, loss = self.step_loss(batch)
             following = (self.iter_num, micro + 1) if micro + 1 < self.accum else (self.iter_num + 1, 0)
             batch = self.batch("train", self.micro_index(*following), stream=0)
@@ -568,7 +618,7 @@ class Trainer:
             if ranks.master:
                 print(f"iter {self.iter_num}: non-finite loss or gradient, step skipped")
             # skipping cannot help once the weights themselves are broken, nor when every step keeps failing
-            if not all(torch.isfinite(p).all() for p in self.raw_model.parameters()):
+            if not scaling.all_finite(p for group in self.optimizer.param_groups for p in group["params"]):
                 fail(f"the model's parameters are non-finite at iter {self.iter_num}; skipping steps cannot recover "
                      f"(the last good checkpoint stays; lower learning_rate or set grad_clip)")
             self.skipped_in_a_row += 1
@@ -590,11 +640,12 @@ class Trainer:
         cfg, master = self.cfg, self.ranks.master
         start_iter = self.iter_num
         batch = self.batch("train", self.micro_index(self.iter_num, 0), stream=0)
-        if master:  # MFU: 3x the forward FLOPs of this rank's micro-batches per step, against a matmul peak read here
-            first = batch
-            step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
-                                                                                                    first), 1)["total"]
-            peak, mean_dt = flops.peak_flops(self.device, self.dtype), None
+        # MFU: 3x the forward FLOPs of this rank's micro-batches per step, against a matmul peak read here (on every
+        # rank: under FSDP a forward is a collective)
+        first = batch
+        step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
+                                                                                                first), 1)["total"]
+        peak, mean_dt = flops.peak_flops(self.device, self.dtype), None
         while True:
             lr = get_lr(cfg, self.iter_num)
             for group in self.optimizer.param_groups:
@@ -602,7 +653,8 @@ class Trainer:
             eval_due = cfg.eval_only or self.iter_num % cfg.eval_interval == 0 or self.iter_num == cfg.max_iters
             if eval_due and self.iter_num != skip_eval_at:
                 self.eval_and_save(lr, start_iter)
-            elif master and cfg.ckpt_interval and self.iter_num % cfg.ckpt_interval == 0 and self.iter_num > start_iter:
+            elif ((master or self.sharded) and cfg.ckpt_interval and self.iter_num % cfg.ckpt_interval == 0
+                  and self.iter_num > start_iter):
                 self.save(eval_done=False)
             if cfg.eval_only or self.iter_num >= cfg.max_iters:
                 return False
@@ -625,8 +677,9 @@ class Trainer:
 
     def preempted(self, signum):
         """Checkpoint and exit 0 after SIGTERM/SIGINT (on any rank)."""
-        if self.ranks.master:
+        if self.ranks.master or self.sharded:
             self.save(eval_done=False)
+        if self.ranks.master:
             name = signal.Signals(signum).name if signum else "another rank"
             print(f"preempted by {name}: checkpoint of iter {self.iter_num} written to {self.ckpt_path}; "
                   f"continue with --init_from=resume")
@@ -642,6 +695,11 @@ def main(argv):
     cfg, model_cfg, explicit, data_dir, meta = read_config(argv)
     device, dtype = runtime.resolve(cfg.device, cfg.dtype)
     ranks, device = setup_distributed(cfg, device)
+    if not cfg.eval_only:  # FlexAttention has no backward on CPU
+        try:
+            attention.check_trainable(model_cfg.attn_impl, device, model_cfg.dropout)
+        except ValueError as e:
+            fail(e, 2)
     torch.manual_seed(mix_seed(cfg.seed, 0))  # model init: the same on every rank
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -651,11 +709,20 @@ def main(argv):
     model_cfg = model.config
     if meta["vocab_size"] > model_cfg.vocab_size:
         fail(f"the model's vocab_size {model_cfg.vocab_size} is smaller than the dataset's {meta['vocab_size']}", 2)
+    try:
+        if cfg.parallelism == "fsdp":
+            scaling.check_shardable(model)
+        if cfg.activation_checkpointing:
+            memory.checkpoint_blocks(model)
+    except ValueError as e:
+        fail(e, 2)
     resolved = {**asdict(cfg), **asdict(model_cfg), "world_size": ranks.world,
                 "resolved_dtype": str(dtype).removeprefix("torch."),
                 "data_dir": os.path.abspath(data_dir)}  # eval/sample/analysis find it from any directory
     try:
-        trainer = Trainer(cfg, model.to(device), ckpt, ranks, device, dtype, meta, data_dir, resolved)
+        sharded = cfg.parallelism == "fsdp" and ranks.ddp  # shard_model places the shards itself
+        trainer = Trainer(cfg, model if sharded else model.to(device), ckpt, ranks, device, dtype, meta, data_dir,
+                          resolved)
     except DataError as e:
         fail(e)
     # a checkpoint written right after an eval need not repeat it on resume (unless evaluating is the point)

@@ -142,19 +142,20 @@ def test_cli_writes_tables_plots_and_json(tiny_run, capsys):
     assert "entropy per layer" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,message", [
-    ([], "give --ckpt"),
-    (["--ckpt=/nonexistent/ckpt.pt"], "not found"),
-    (["--ckpt={full}", "--seq_len=99"], "exceeds the model's block_size 24"),
-    (["--ckpt={full}", "--labels=a,b"], "one distinct label per checkpoint"),
-    (["--ckpt={full}", "--data_dir=/nonexistent"], "meta.json not found"),
-    (["--ckpt={full}", "--bogus=1"], "unknown config key 'bogus'"),
+@pytest.mark.parametrize("args,code,message", [
+    ([], 2, "give --ckpt"),
+    (["--ckpt=/nonexistent/ckpt.pt"], 1, "not found"),
+    (["--ckpt={full}", "--seq_len=99"], 2, "exceeds the model's block_size 24"),
+    (["--ckpt={full}", "--labels=a,b"], 2, "one distinct label per checkpoint"),
+    (["--ckpt={full}", "--data_dir=/nonexistent"], 1, "meta.json not found"),
+    (["--ckpt={full}", "--bogus=1"], 2, "unknown config key 'bogus'"),
 ])
-def test_cli_errors_are_one_clear_line(tiny_run, capsys, args, message):
+def test_cli_errors_are_one_clear_line(tiny_run, capsys, args, code, message):
+    """Exit 2 for the configuration, 1 for files and data."""
     _, _, paths = tiny_run
     with pytest.raises(SystemExit) as e:
         analysis.main([a.format(full=paths["full"]) for a in args])
-    assert e.value.code == 2
+    assert e.value.code == code
     assert message in capsys.readouterr().err
 
 

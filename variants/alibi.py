@@ -13,8 +13,9 @@ built with a larger block_size, which is the paper's "test long" setting.
 How it plugs in: the penalty is a function of the distance d = i - j only, which is exactly what
 attention.AttnMask.distance_bias describes (an (H, D) table indexed by distance). So this file overrides one hook,
 CausalSelfAttention.mask, and attention.py's kernels do the rest: the dense reference gathers the table into the
-score matrix, SDPA gets it as an explicit float mask, and a KV cache needs nothing special because q_offset counts the
-cached keys, so every distance stays absolute. The table covers every distance present (D = q_offset + Tq), so the
+score matrix, SDPA on CPU gets it as an explicit float mask, FlexAttention on CUDA adds it in a score_mod (no T x T
+mask is built), and a KV cache needs nothing special because q_offset counts the cached keys, so every distance
+stays absolute. The table covers every distance present (D = q_offset + Tq), so the
 mask limits no reach and the banded kernel never applies: ALiBi attends the full causal triangle.
 """
 import math

@@ -10,16 +10,15 @@ The per-layer windows w_l come from one of (see `layer_windows`):
   window_pattern = "SSSL" | "L,256,64"                    repeating long/short pattern (modded-nanogpt/nanochat style)
 
 Compute is real, not only a mask: each layer hands the kernel AttnMask(window=w), which attention.py's banded SDPA
-path turns into O(T*w) work; on CUDA a FlexAttention sliding-window block mask is used (built once per shape and
-shared by every layer with the same window). generate() keeps a rolling cache of the last w-1 keys per windowed layer.
+path turns into O(T*w) work on CPU; on CUDA, FlexAttention with a sliding-window block mask (attention.py builds it
+once per window and length, shared by every layer with that window). generate() keeps a rolling cache of the last w-1
+keys per windowed layer.
 Fine-tuning GPT-2 with windows: `python train.py config/finetune_gpt2_layerwise.py` (init_from="gpt2" plus the window
 fields, which train.py applies on top of the pretrained weights).
 """
 import json
 import math
 from dataclasses import dataclass
-
-import torch
 
 from attention import AttnMask, RollingKVCache, sdpa_attention
 from model import GPT, CausalSelfAttention, GPTConfig
@@ -70,7 +69,7 @@ class LayerwiseConfig(GPTConfig):
     short_window: int = 0  # window of S in window_pattern; 0 = block_size // 2
     long_window: int = 0  # window of L in window_pattern; 0 = full causal
     attn_block: int = 0  # query block of the banded CPU path; 0 = automatic (model.band_block)
-    flex_attention: bool = True  # CUDA only: FlexAttention sliding-window block masks for training shapes
+    flex_attention: bool = True  # CUDA, attn_impl="sdpa": windows through FlexAttention (False: the banded SDPA kernel)
 
     def validate(self):
         super().validate()
@@ -135,30 +134,6 @@ def json_windows(text, n_layer, first_window_is_start):
                                first_window_is_start)
 
 
-# ---- CUDA: FlexAttention sliding-window block masks, one per (window, T, device), shared across layers.
-_FLEX = {}
-
-
-def sliding_block_mask(window, T, device):
-    """FlexAttention BlockMask of a causal sliding window, cached per (window, T, device): every layer with the same
-    window shares it (its forward, eager, is checked against the dense reference on CPU in the tests)."""
-    key = (window, T, str(device))
-    if key not in _FLEX:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def sliding(b, h, qi, kj):
-            return (kj <= qi) & (qi - kj < window)
-        _FLEX[key] = create_block_mask(sliding, None, None, T, T, device=device)
-    return _FLEX[key]
-
-
-def flex_window_attention(q, k, v, window, scale=None):
-    from torch.nn.attention.flex_attention import flex_attention
-    if "kernel" not in _FLEX:
-        _FLEX["kernel"] = torch.compile(flex_attention, dynamic=False)  # eager flex is a slow reference
-    return _FLEX["kernel"](q, k, v, block_mask=sliding_block_mask(window, q.size(-2), q.device), scale=scale)
-
-
 class WindowedAttention(CausalSelfAttention):
     def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx)
@@ -173,13 +148,10 @@ class WindowedAttention(CausalSelfAttention):
         return AttnMask(causal=True, window=self.window, q_offset=q_offset, block=self.block)
 
     def attend(self, q, k, v, mask):
-        """A sliding window over a whole sequence goes to FlexAttention on CUDA (training shapes, no dropout);
-        everything else to the kernel of attn_impl (on CPU the banded SDPA path)."""
-        whole = mask.window is not None and mask.q_offset == 0 and q.size(-2) == k.size(-2)
-        if (whole and q.is_cuda and self.flex and self.kernel is sdpa_attention
-                and not (self.training and self.dropout)):
-            return flex_window_attention(q, k, v, mask.window)
-        return super().attend(q, k, v, mask)
+        """attn_impl's kernel; with flex_attention=False, sdpa keeps windows on its banded kernel on CUDA too."""
+        if self.flex or self.kernel is not sdpa_attention:
+            return super().attend(q, k, v, mask)
+        return sdpa_attention(q, k, v, mask, self.dropout if self.training else 0.0, flex=False)
 
     def make_cache(self, batch_size, device, dtype):
         if self.window is not None and self.window < self.block_size:

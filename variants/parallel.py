@@ -79,6 +79,12 @@ def run_pair_batched(blocks, x, pos):
 class ParallelGPT(GPT):
     config_class = ParallelConfig
 
+    @property
+    def calls_blocks(self):
+        """Whether training runs every block through its forward, where activation checkpointing and FSDP hook in:
+        the batched pairs compute with the blocks' weights directly."""
+        return self.config.pair_impl != "batched"
+
     def __init__(self, config):
         super().__init__(config)
         if config.bottleneck_method == "concat":
