@@ -305,7 +305,9 @@ def edit_meta(folder, **changes):
 def test_write_dataset_fills_counts(byte_dir):
     meta = load_meta(byte_dir)
     assert meta["format_version"] == 1
-    assert meta["splits"] == {"train": {"tokens": 900}, "val": {"tokens": 100}}
+    ids = {name: np.fromfile(byte_dir / f"{name}.bin", dtype=np.uint8) for name in ("train", "val")}
+    assert meta["splits"] == {name: {"tokens": len(a), "max_id": int(a.max())} for name, a in ids.items()}
+    assert meta["splits"]["train"]["tokens"] == 900 and meta["splits"]["val"]["tokens"] == 100
     assert (byte_dir / "train.bin").stat().st_size == 900
     assert sorted(p.name for p in byte_dir.iterdir()) == ["meta.json", "train.bin", "val.bin"]
 
