@@ -730,6 +730,9 @@ def main(argv):
     if trainer.train(preemption, skip_eval_at):
         trainer.preempted(preemption.signal)
     if ranks.ddp:
+        # gloo's worker threads release each finished collective's tensors, which needs the GIL: a barrier first,
+        # so that none is still at it when the process group is torn down (that deadlocked at exit)
+        torch.distributed.barrier()
         destroy_process_group()
 
 
