@@ -3,6 +3,7 @@ resumes record by record, a sharded checkpoint of 2 ranks continues in 1 process
 no loss, and a two-"node" launch on localhost trains like one node. scaling.py and memory.py have their own tests."""
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -111,3 +112,15 @@ def test_two_nodes_on_localhost_train_like_one_node(shakespeare_dir, tmp_path, d
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert_same_records(records(out), records(ddp_run))
+
+
+def test_sample_and_eval_read_the_sharded_checkpoint(fsdp_run, tmp_path):
+    proc = run(["sample.py", f"--out_dir={fsdp_run}", "--device=cpu", "--max_new_tokens=8", "--num_samples=1",
+                "--start=ROMEO:"])
+    assert proc.stdout.startswith("ROMEO:")
+    folder = run(["eval.py", f"--out_dir={fsdp_run}", "--device=cpu", "--max_tokens=300"]).stdout
+    assert f"checkpoint {fsdp_run / 'ckpt'} " in folder
+    run(["scaling.py", "consolidate", str(fsdp_run / "ckpt"), str(tmp_path / "one.pt")])
+    one_file = run(["eval.py", f"--out_dir={tmp_path}", "--ckpt=one.pt", "--device=cpu", "--max_tokens=300"]).stdout
+    loss = lambda out: re.search(r" loss (\S+) ", out)[1]
+    assert loss(folder) == loss(one_file)
