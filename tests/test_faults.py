@@ -167,3 +167,12 @@ def test_a_relative_data_dir_of_an_older_checkpoint_is_found_in_the_repository(t
     assert checkpoint.data_dir({"config": {"data_dir": "data/enwik8"}}) == str(REPO / "data" / "enwik8")
     assert checkpoint.data_dir({"config": {"data_dir": "/abs/x"}}) == "/abs/x"
     assert checkpoint.data_dir({}) == ""
+
+
+def test_a_failing_worker_under_the_launcher_is_one_line_not_a_traceback(shakespeare_dir, tmp_path):
+    proc = run(["launch.py", "--standalone", "--nproc_per_node=2", "train.py", *TINY, f"--data_dir={shakespeare_dir}",
+                f"--out_dir={tmp_path / 'run'}", "--gradient_accumulation_steps=1"], check=False)
+    assert proc.returncode == 1
+    assert "error: gradient_accumulation_steps=1 must be a multiple of the 2 ranks" in proc.stderr  # the workers'
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 2 worker(s) failed (rank 0: exit 2")
+    assert "Traceback" not in proc.stderr
