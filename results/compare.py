@@ -572,6 +572,7 @@ def main(argv):
                                                               f"{MINI_ITERS})")
     parser.add_argument("--only", default="", help="train only these labels (comma-separated)")
     parser.add_argument("--mini", action="store_true", help="tiny shapes, gpt and alibi, 2 seeds, few iterations")
+    parser.add_argument("--report", action="store_true", help="train nothing: the table and plots of the runs done")
     args = parser.parse_args(argv)
     proto = protocol(args.mini, args.iters, args.seeds)
     only = [l for l in args.only.split(",") if l]
@@ -584,8 +585,7 @@ def main(argv):
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"protocol into {out}")
-    data_dir = prepare_data(out)
-    unfinished = run_protocol(proto, out, data_dir, only, args.jobs)
+    unfinished = 0 if args.report else run_protocol(proto, out, prepare_data(out), only, args.jobs)
 
     import torch
     torch.set_num_threads(1)

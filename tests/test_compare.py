@@ -19,9 +19,9 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMING = ("dt_ms", "tokens_per_s", "mfu", "eta_s")  # wall-clock fields: the only ones a resumed run may change
 
 
-def drive(out):
+def drive(out, *extra):
     result = subprocess.run([sys.executable, str(REPO / "results" / "compare.py"), "--mini", f"--out={out}",
-                             "--jobs=4"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                             "--jobs=4", *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -118,6 +118,9 @@ def test_second_invocation_skips_finished_runs_and_reproduces_the_table(mini):
     assert "start " not in mini["second"]
     assert ((out / "table.md").read_text(), (out / "table.json").read_text()) == mini["tables"]
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.jsonl")} == mini["logs"]
+    report = drive(out, "--report")  # the table from the logs alone, nothing trained or even checked for training
+    assert "runs finished" not in report and "start " not in report
+    assert ((out / "table.md").read_text(), (out / "table.json").read_text()) == mini["tables"]
 
 
 def test_verdict_rule():
