@@ -585,7 +585,8 @@ def main(argv):
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"protocol into {out}")
-    unfinished = 0 if args.report else run_protocol(proto, out, prepare_data(out), only, args.jobs)
+    data_dir = prepare_data(out)  # the table's header describes the data, so --report needs it too (seconds)
+    unfinished = 0 if args.report else run_protocol(proto, out, data_dir, only, args.jobs)
 
     import torch
     torch.set_num_threads(1)
