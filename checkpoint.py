@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from data.common import fsync_dir
+
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -76,11 +78,7 @@ def atomic_save(obj, path):
     finally:
         if tmp.exists():
             tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def _hash_tensor(h, t):

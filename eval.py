@@ -98,12 +98,13 @@ def report(meta, split, total, correct, count, full_split):
 
 
 def prepare(argv):
-    """(config, checkpoint path, variant name, model, data meta, data dir, tokens to score, stride), all checked."""
+    """(config, device, dtype, checkpoint path, variant name, model, data meta, data dir, tokens to score, stride),
+    all checked."""
     try:
         cfg, _, _ = configurator.resolve(argv, EvalConfig)
         if cfg.stride < 0 or cfg.batch_size < 1 or cfg.max_tokens < 0:
             raise configurator.ConfigError("stride and max_tokens must be >= 0 and batch_size >= 1")
-        runtime.resolve(cfg.device, cfg.dtype)
+        device, dtype = runtime.resolve(cfg.device, cfg.dtype)
         runtime.check_output_dir(cfg.out_dir)
         path = scaling.checkpoint_at(Path(cfg.out_dir) / cfg.ckpt)  # ckpt.pt, or the folder ckpt of an FSDP run
         ckpt = scaling.load_checkpoint(path, optimizer=False)
@@ -122,15 +123,14 @@ def prepare(argv):
         stride = cfg.stride or max(1, model.config.block_size // 2)
         if stride > model.config.block_size:
             raise configurator.ConfigError(f"stride={stride} exceeds block_size {model.config.block_size}")
-        return cfg, path, ckpt["variant"], model, meta, data_dir, data, stride
+        return cfg, device, dtype, path, ckpt["variant"], model, meta, data_dir, data, stride
     except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
         faults = (checkpoint.CheckpointError, DataError, runtime.Unavailable)  # files, data, devices
         runtime.fail(e, 1 if isinstance(e, faults) else 2)
 
 
 def main(argv):
-    cfg, path, variant, model, meta, data_dir, data, stride = prepare(argv)
-    device, dtype = runtime.resolve(cfg.device, cfg.dtype)
+    cfg, device, dtype, path, variant, model, meta, data_dir, data, stride = prepare(argv)
     model.eval().to(device)
     total, correct, count = score(model, data, model.config.block_size, stride, cfg.batch_size, device,
                                   runtime.autocast(device, dtype))

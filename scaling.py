@@ -43,6 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import checkpoint
 import variants
+from data.common import fsync_dir
 
 MANIFEST = "manifest.json"
 EXTRA = "extra.pt"
@@ -182,14 +183,6 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_checked(obj, path):
     """torch.save a dict with a checksum entry over every other entry, fsynced (inside a temporary folder)."""
     obj = dict(obj)
@@ -278,7 +271,7 @@ def _publish(new, folder):
     if folder.exists():
         os.rename(folder, old)
     os.rename(new, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     if old.exists():
         shutil.rmtree(old)
 
@@ -350,7 +343,7 @@ def save_sharded(folder, model, optimizer, extra, rank_extra=None, keep_copy=Non
             f.write(json.dumps(manifest, indent=1) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _publish(tmp, folder)
         if keep_copy is not None:
             _keep_copy(folder, Path(keep_copy), keep_last)

@@ -640,12 +640,14 @@ class Trainer:
         cfg, master = self.cfg, self.ranks.master
         start_iter = self.iter_num
         batch = self.batch("train", self.micro_index(self.iter_num, 0), stream=0)
-        # MFU: 3x the forward FLOPs of this rank's micro-batches per step, against a matmul peak read here (on every
-        # rank: under FSDP a forward is a collective)
-        first = batch
-        step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
-                                                                                                first), 1)["total"]
-        peak, mean_dt = flops.peak_flops(self.device, self.dtype), None
+        # MFU (logged by the master): 3x the forward FLOPs of its micro-batches per step, against a matmul peak read
+        # here. Under FSDP every rank runs the counting forward, because a forward is a collective there.
+        first, step_flops, peak, mean_dt = batch, None, None, None
+        if master or self.sharded:
+            step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
+                                                                                                    first), 1)["total"]
+        if master:
+            peak = flops.peak_flops(self.device, self.dtype)
         while True:
             lr = get_lr(cfg, self.iter_num)
             for group in self.optimizer.param_groups:

@@ -39,8 +39,9 @@ class DataError(Exception):
 # writing
 
 
-def _fsync_dir(path: Path) -> None:
-    try:  # makes the renames durable; not every platform can open a directory
+def fsync_dir(path) -> None:
+    """Make the renames inside a directory durable; a no-op where the platform cannot open a directory."""
+    try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
@@ -99,10 +100,10 @@ def write_dataset(out_dir, splits: dict[str, np.ndarray], meta: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         (out_dir / "meta.json").unlink(missing_ok=True)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         for tmp, final in pending:
             os.replace(tmp, final)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     finally:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ EVAL = ["eval.py", "--out_dir={run}", "--device=cpu", "--max_tokens=200"]
 SAMPLE = ["sample.py", "--out_dir={run}", "--device=cpu", "--max_new_tokens=4", "--num_samples=1"]
 BENCH = ["bench.py", "--variants=gpt", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--reps=2",
          "--device=cpu", "--out_dir={out}"]
+DEVICE_TOOLS = {"train": RESUME, "sample": SAMPLE, "eval": EVAL, "bench": BENCH}  # each resolves --device itself
 
 # optimizer settings train.py refuses before anything is written (also run by tests/test_train_validation.py)
 OPTIMIZER = [
@@ -48,10 +49,8 @@ OPTIMIZER = [
 
 CASES = [
     # configuration
-    Case("train --device=foo", [*RESUME, "--device=foo"], 2, "device must be auto, cpu, cuda or cuda:<index>"),
-    Case("sample --device=foo", [*SAMPLE, "--device=foo"], 2, "device must be auto, cpu, cuda or cuda:<index>"),
-    Case("eval --device=foo", [*EVAL, "--device=foo"], 2, "device must be auto, cpu, cuda or cuda:<index>"),
-    Case("bench --device=foo", [*BENCH, "--device=foo"], 2, "device must be auto, cpu, cuda or cuda:<index>"),
+    *[Case(f"{tool} --device=foo", [*argv, "--device=foo"], 2, "device must be auto, cpu, cuda or cuda:<index>")
+      for tool, argv in DEVICE_TOOLS.items()],
     Case("eval --dtype=foo", [*EVAL, "--dtype=foo"], 2, "dtype must be auto, float32, bfloat16, float16"),
     Case("bench --dtype=foo", [*BENCH, "--dtype=foo"], 2, "dtype must be auto, float32, bfloat16, float16"),
     Case("bench --batch_size=0", [*BENCH, "--batch_size=0"], 2, "batch_size, n_layer, n_head, n_embd and vocab_size"),
@@ -78,10 +77,8 @@ CASES = [
     Case("train --init_from=gpt2 on char data", [*TRAIN, "--init_from=gpt2", "--out_dir={out}"], 2,
          "holds GPT-2 weights, whose ids are GPT-2 BPE tokens"),
     # files, data and devices
-    Case("train --device=cuda without CUDA", [*RESUME, "--device=cuda"], 1, "CUDA is not available here"),
-    Case("sample --device=cuda without CUDA", [*SAMPLE, "--device=cuda"], 1, "CUDA is not available here"),
-    Case("eval --device=cuda without CUDA", [*EVAL, "--device=cuda"], 1, "CUDA is not available here"),
-    Case("bench --device=cuda without CUDA", [*BENCH, "--device=cuda"], 1, "CUDA is not available here"),
+    *[Case(f"{tool} --device=cuda without CUDA", [*argv, "--device=cuda"], 1, "CUDA is not available here")
+      for tool, argv in DEVICE_TOOLS.items()],
     Case("train --out_dir=<a file>", [*TRAIN, "--out_dir={file}"], 1, "is a file, not a directory"),
     Case("train --out_dir=<read-only>", [*TRAIN, "--out_dir=/sys/bad_inputs_run"], 1, "is not writable"),
     Case("eval --out_dir=<a file>", [*EVAL, "--out_dir={file}", "--ckpt={run}/ckpt.pt"], 1,
