@@ -18,7 +18,6 @@ position embeddings (SPEC §2.1), so the three recipes (baseline, span only, spa
 """
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
