@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributed import destroy_process_group, init_process_group
+from torch.distributed import init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import attention
@@ -241,6 +241,18 @@ class MetricsLog:
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             tmp.write_text("".join(keep), encoding="utf-8")
             os.replace(tmp, path)
+
+    def close(self):
+        """Close metrics.jsonl and finish the wandb run (for a process that exits without running atexit hooks)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+            except Exception as e:
+                print(f"warning: wandb finish failed ({type(e).__name__})")
+            self.wandb = None
 
     def write(self, record):
         if not self.enabled:
@@ -732,10 +744,14 @@ def main(argv):
     if trainer.train(preemption, skip_eval_at):
         trainer.preempted(preemption.signal)
     if ranks.ddp:
-        # gloo's worker threads release each finished collective's tensors, which needs the GIL: a barrier first,
-        # so that none is still at it when the process group is torn down (that deadlocked at exit)
+        # Every rank is past its last collective once all pass this barrier. The process then exits without tearing
+        # down the process group: gloo's destructor joins its worker threads while holding the GIL, and a worker
+        # still releasing a finished collective's tensors waits for that GIL (a deadlock at exit, seen under DDP).
         torch.distributed.barrier()
-        destroy_process_group()
+        trainer.log.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
