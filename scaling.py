@@ -5,6 +5,7 @@ them as a folder of shards that any world size can load.
     shard_model(model, device_type, mixed_precision)   fully_shard each block, then the root (in place)
     set_gradient_sync(model, sync)                      reduce gradients only on the last micro-step (FSDP or DDP)
     all_finite(params)                                  every parameter finite, on every rank
+    exit_rank()                                         end a torchrun rank after its last collective (exit 0)
     gathered(model)                                     whole parameters for code outside a forward (log_metrics)
     save_sharded / load_sharded                         DCP checkpoint folders, replaced atomically, any world size
     read_extra / read_checkpoint / is_sharded_checkpoint   a folder's plain values / all of it as one dict, no ranks
@@ -153,6 +154,17 @@ def gathered(model):
     finally:
         for m in units:
             m.reshard()
+
+
+def exit_rank():
+    """End this rank with exit code 0 once every rank is past its last collective, without tearing down the process
+    group: gloo's teardown can join a worker thread still releasing a finished collective's tensors (it waits for the
+    GIL the joining thread holds: a hang) or destroy one still joinable (std::terminate: an abort). Callers close their
+    own files first."""
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # --------------------------------------------------------------------------------------------------------------

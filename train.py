@@ -654,10 +654,10 @@ class Trainer:
         batch = self.batch("train", self.micro_index(self.iter_num, 0), stream=0)
         # MFU (logged by the master): 3x the forward FLOPs of its micro-batches per step, against a matmul peak read
         # here. Under FSDP every rank runs the counting forward, because a forward is a collective there.
-        first, step_flops, peak, mean_dt = batch, None, None, None
+        step_flops, peak, mean_dt = None, None, None
         if master or self.sharded:
             step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
-                                                                                                    first), 1)["total"]
+                                                                                                    batch), 1)["total"]
         if master:
             peak = flops.peak_flops(self.device, self.dtype)
         while True:
@@ -744,14 +744,8 @@ def main(argv):
     if trainer.train(preemption, skip_eval_at):
         trainer.preempted(preemption.signal)
     if ranks.ddp:
-        # Every rank is past its last collective once all pass this barrier. The process then exits without tearing
-        # down the process group: gloo's destructor joins its worker threads while holding the GIL, and a worker
-        # still releasing a finished collective's tensors waits for that GIL (a deadlock at exit, seen under DDP).
-        torch.distributed.barrier()
         trainer.log.close()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        scaling.exit_rank()
 
 
 if __name__ == "__main__":

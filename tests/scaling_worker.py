@@ -271,7 +271,7 @@ def main(phase, out, point=None):
     results = (train_phase if phase == "train" else resume_phase)(out, rank, world)
     if rank == 0:
         (out / f"{phase}.json").write_text(json.dumps(results, indent=1))
-    dist.destroy_process_group()
+    scaling.exit_rank()
 
 
 if __name__ == "__main__":

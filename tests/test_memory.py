@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import memory
+import scaling
 import variants
 from conftest import run
 
@@ -255,7 +256,7 @@ def fsdp_worker(out_dir):
                         "checkpointed_bytes": [ckpt[k] for k in ("params", "grads", "optim")],
                         "compiled_losses": runs.get((True, True), plain)["losses"]}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(report))
-    dist.destroy_process_group()
+    scaling.exit_rank()
 
 
 def test_fsdp_shards_equal_the_plan_and_checkpointing_is_identical_under_fsdp(tmp_path):
