@@ -158,9 +158,9 @@ def gathered(model):
 
 def exit_rank():
     """End this rank with exit code 0 once every rank is past its last collective, without tearing down the process
-    group: gloo's teardown can join a worker thread still releasing a finished collective's tensors (it waits for the
-    GIL the joining thread holds: a hang) or destroy one still joinable (std::terminate: an abort). Callers close their
-    own files first."""
+    group: gloo's worker threads can still hold a finished collective's tensors, whose release needs the GIL, so a
+    teardown can hang (a destructor joining them while holding the GIL) or abort (SIGABRT during interpreter
+    finalization). Callers close their own files first."""
     dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
