@@ -63,4 +63,10 @@ def check_output_dir(path, what="out_dir"):
 def fail(message, code=1):
     """One `error:` line on stderr and exit: code 2 for configuration, 1 for files, data and devices."""
     print(f"error: {message}", file=sys.stderr)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # a torchrun rank skips the process group's teardown, which can abort at exit (see scaling.exit_rank), so
+        # that its exit code is this one
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
