@@ -64,9 +64,15 @@ def fail(message, code=1):
     """One `error:` line on stderr and exit: code 2 for configuration, 1 for files, data and devices."""
     print(f"error: {message}", file=sys.stderr)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # a torchrun rank skips the process group's teardown, which can abort at exit (see scaling.exit_rank), so
-        # that its exit code is this one
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)  # a torchrun rank: exit with this code, not an abort in the process group's teardown
     sys.exit(code)
+
+
+def exit_now(code):
+    """Flush stdout and stderr and end the process with `code`, skipping interpreter teardown. A torchrun rank ends
+    this way: gloo's worker threads can still hold a finished collective's tensors, whose release needs the GIL, so
+    tearing the process group down can hang (a destructor joining them while holding the GIL) or abort (SIGABRT during
+    interpreter finalization). Callers close their own files first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

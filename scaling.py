@@ -43,6 +43,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import checkpoint
+import runtime
 import variants
 from data.common import fsync_dir
 
@@ -158,13 +159,9 @@ def gathered(model):
 
 def exit_rank():
     """End this rank with exit code 0 once every rank is past its last collective, without tearing down the process
-    group: gloo's worker threads can still hold a finished collective's tensors, whose release needs the GIL, so a
-    teardown can hang (a destructor joining them while holding the GIL) or abort (SIGABRT during interpreter
-    finalization). Callers close their own files first."""
+    group (runtime.exit_now says why)."""
     dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    runtime.exit_now(0)
 
 
 # --------------------------------------------------------------------------------------------------------------
