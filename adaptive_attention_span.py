@@ -1,5 +1,5 @@
 """
-Adaptive attention span (Sukhbaatar et al. 2019) + learnable periodic "triangle-wave" masking (SPEC §2).
+Adaptive attention span (Sukhbaatar et al. 2019) + learnable periodic "triangle-wave" masking (docs/adaptive_span.md).
 
 Every head h of every layer learns a span z_h = sigmoid(u_h) * max_span. Its soft mask over the relative distance
 d = i - j is m_span(d) = clamp((R + z_h - d) / R, 0, 1). With use_triangle_wave_masking the head also learns a period
@@ -14,7 +14,7 @@ further than D, the dense reference gives the same numbers (tests check outputs 
 included), and generation keeps only the last D - 1 keys per layer (RollingKVCache).
 
 use_adaptive_attention=False is the baseline of this family: plain causal attention, with the same extra per-block
-position embeddings (SPEC §2.1), so the three recipes (baseline, span only, span + periodic) differ only in the masks.
+position embeddings (docs/adaptive_span.md §1), so the three recipes (baseline, span only, span + periodic) differ only in the masks.
 """
 import math
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from attention import AttnMask, RollingKVCache, executed_entries
 from model import GPT, Block, CausalSelfAttention, GPTConfig
 from variants.registry import register
 
-MASK_FLOOR = 1e-6  # mask values at or below this are -inf (SPEC §2.4)
+MASK_FLOOR = 1e-6  # mask values at or below this are -inf (docs/adaptive_span.md §4)
 REACH_QUANTUM = 16  # the reach is rounded up to 16 keys (or the query block, if smaller): shapes (and torch.compile
 #                     graphs) change only now and then as spans learn, and few keys are computed in vain
 
@@ -42,7 +42,7 @@ class AdaptiveSpanConfig(GPTConfig):
     span_reg: float = 4e-6  # lambda of the span loss, added in training mode only
     max_span: int | None = None  # S; None means block_size
     span_init: float | None = None  # initial z of every head; None means u = 0, z = S/2
-    block_pos_emb: bool = True  # SPEC §2.1: a learned position embedding added before every block but the first
+    block_pos_emb: bool = True  # docs/adaptive_span.md §1: a learned position embedding added before every block but the first
     span_block: int = 64  # query block of the blocked fast path (each block computes block + reach - 1 keys)
 
     def validate(self):
@@ -69,7 +69,7 @@ class AdaptiveSpanConfig(GPTConfig):
 
 
 class TriangleWave(nn.Module):
-    """Per-head learnable periodic mask over distance (SPEC §2.3): a K-harmonic Fourier triangle wave."""
+    """Per-head learnable periodic mask over distance (docs/adaptive_span.md §3): a K-harmonic Fourier triangle wave."""
 
     def __init__(self, n_head, p_min, p_max, harmonics):
         super().__init__()
@@ -95,7 +95,7 @@ class TriangleWave(nn.Module):
         return s * (p / 4) / 2 + 0.5 + p * r  # amplitude A = p/4, offset o = p*r
 
     def density(self):
-        """rho_h of SPEC §2.5: the kept fraction of a period, or 1 + the wave's minimum when it never reaches 0."""
+        """rho_h of docs/adaptive_span.md §5: the kept fraction of a period, or 1 + the wave's minimum when it never reaches 0."""
         p, r = self.period(), self.ratio()
         beta = 1 / p + 2 * r + 0.5
         return torch.where(beta < 1, beta, 1 + 0.5 + p * r - p / 4)
@@ -161,13 +161,13 @@ class AdaptiveSpanAttention(CausalSelfAttention):
         return [self.span_params] + ([] if self.wave is None else [self.wave.period_w, self.wave.ratio_w])
 
     def span_loss(self):
-        """SPEC §2.5 per layer, before lambda: mean_h z_h, or mean_h (z_h + R) * rho_h with the periodic mask."""
+        """docs/adaptive_span.md §5 per layer, before lambda: mean_h z_h, or mean_h (z_h + R) * rho_h with the periodic mask."""
         z = self.spans()
         if self.wave is None:
             return z.mean()
         return ((z + self.softness) * self.wave.density()).mean()
 
-    # FLOP accounting (SPEC §2.6) ---------------------------------------------------------------------------------
+    # FLOP accounting (docs/adaptive_span.md §6) ---------------------------------------------------------------------------------
     @torch.no_grad()
     def entries_per_head(self, T):
         """Analytic non-masked (query, key) entries of each head over a length-T causal sequence (H,)."""
@@ -187,7 +187,7 @@ class AdaptiveSpanAttention(CausalSelfAttention):
 
 
 class AdaptiveBlock(Block):
-    """Pre-LN block that first adds its own learned position embedding (SPEC §2.1, every block but the first)."""
+    """Pre-LN block that first adds its own learned position embedding (docs/adaptive_span.md §1, every block but the first)."""
 
     def __init__(self, config, layer_idx, *parts):
         super().__init__(config, layer_idx, *parts)
@@ -212,7 +212,7 @@ class AdaptiveSpanGPT(GPT):
         return [m for m in self.modules() if isinstance(m, AdaptiveSpanAttention)]
 
     def span_loss(self):
-        """span_reg * sum over layers of the per-layer span loss (SPEC §2.5), added to the objective's in training."""
+        """span_reg * sum over layers of the per-layer span loss (docs/adaptive_span.md §5), added to the objective's in training."""
         layers = self.span_attentions()
         if not layers or self.config.span_reg == 0:
             return None
@@ -225,7 +225,7 @@ class AdaptiveSpanGPT(GPT):
     @torch.no_grad()
     def attention_flops_report(self, T=None):
         """Attention cost at sequence length T against dense causal attention, per layer and in total: analytic
-        (non-masked entries, SPEC §2.6) and executed (entries in the key blocks the fast path computes).
+        (non-masked entries, docs/adaptive_span.md §6) and executed (entries in the key blocks the fast path computes).
         Only the executed fraction can turn into wall-clock savings."""
         T = T or self.config.block_size
         causal = T * (T + 1) / 2

@@ -19,19 +19,18 @@ generation (speed, and whether both give the same tokens). Writes bench.md, benc
 bench.png to --out_dir, by default bench_out/ in the repository (beside this file, whatever the working directory),
 and prints the absolute paths it wrote.
 """
+import difflib
 import json
 import statistics
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-import configurator
-import flops
-import memory
-import runtime
+from infra import configurator, flops, memory, runtime
 import variants
 from attention import share_kv_heads
 
@@ -369,9 +368,146 @@ def markdown_table(results, flop_checks, gen, baseline, cfg):
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the memory planner's command line: python bench.py plan (nothing is run, so it has its own keys)
+
+GiB = memory.GiB
+PRESETS_DIR = Path(__file__).resolve().parent / "config"
+# GPT-2 shapes (Radford et al. 2019, table 2) at the project's padded vocabulary (50257 -> 50304, as train.py builds)
+GPT2_SIZES = {"gpt2 (124M)": (12, 12, 768), "gpt2-medium (350M)": (24, 16, 1024),
+              "gpt2-large (774M)": (36, 20, 1280), "gpt2-xl (1558M)": (48, 25, 1600)}
+
+@dataclass
+class PlanConfig:
+    variant: str = "gpt"  # a registered variant with an activation formula (gpt, llama); config files set it
+    world_size: int = 8  # ranks (GPUs) the model is trained on
+    gpu_gb: float = 80.0  # memory of one GPU in GiB (an "80 GB" card has 80 GiB = 81920 MiB)
+    parallelism: str = ""  # ddp | fsdp; "" shows both
+    activation_checkpointing: bool | None = None  # None shows both
+    batch_size: int = 1  # micro-batch per rank (sequences), as train.py's batch_size
+    dtype: str = "bfloat16"  # float32 | bfloat16 | float16 (train.py's auto on CUDA is bfloat16)
+    presets: bool = False  # the fewest GPUs for FSDP of every LLaMA preset and GPT-2 size (batch 1, checkpointing)
+
+
+def gib(n):
+    return f"{n / GiB:.2f}"
+
+
+def plan_table(rows):
+    head = ["parallelism", "checkpointing", "params GiB", "grads GiB", "optim GiB", "act/seq GiB",
+            "total GiB", "max micro-batch"]
+    cells = [[r.parallelism, "on" if r.activation_checkpointing else "off", gib(r.params), gib(r.grads),
+              gib(r.optim), gib(r.per_sequence), gib(r.total), str(r.max_micro_batch)] for r in rows]
+    return markdown(head, cells, left=2)
+
+
+def markdown(head, cells, left=1):
+    """A markdown table, its first `left` columns (labels) left-aligned and the numbers right-aligned."""
+    widths = [max(len(row[i]) for row in [head, *cells]) for i in range(len(head))]
+
+    def line(row):
+        return "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(row, widths))) + " |"
+
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def preset_configs():
+    """[(label, variant, model config)] of config/llama_*.py and the GPT-2 sizes."""
+    out = []
+    for path in sorted(PRESETS_DIR.glob("llama_*.py"), key=lambda q: int(q.stem.split("_")[1].rstrip("b"))):
+        values = configurator.read_config_file(path)
+        spec = variants.get(values["variant"])
+        out.append((path.stem, spec.name, configurator.build(spec.config_class, values)))
+    for label, (n_layer, n_head, n_embd) in GPT2_SIZES.items():
+        out.append((label, "gpt", variants.get("gpt").config_class(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=1024, vocab_size=50304, dropout=0.0)))
+    return out
+
+
+def presets_table(cfg):
+    gpu = int(cfg.gpu_gb * GiB)
+    cells = []
+    for label, variant, config in preset_configs():
+        world = memory.min_world_size(config, variant, gpu, micro_batch=1, dtype=cfg.dtype, activation_checkpointing=True)
+        at = memory.plan(config, variant, world or 1, gpu, micro_batch=1, dtype=cfg.dtype, parallelism="fsdp",
+                  activation_checkpointing=True)
+        ddp = memory.plan(config, variant, 1, gpu, micro_batch=1, dtype=cfg.dtype, parallelism="ddp",
+                   activation_checkpointing=True)
+        cells.append([label, f"{at.n_params / 1e9:.2f}B", str(config.block_size), str(world or "none"),
+                      gib(at.total), str(at.max_micro_batch), "yes" if ddp.max_micro_batch else "no"])
+    head = ["preset", "params", "block", f"min {cfg.gpu_gb:g} GiB GPUs (FSDP)", "per-rank GiB (batch 1)",
+            "max micro-batch there", "fits one GPU (DDP)"]
+    return markdown(head, cells)
+
+
+def read_plan_args(argv):
+    """(PlanConfig, model config or None), checked. Config files are train.py recipes: keys that are neither the
+    planner's nor the model's (learning rates...) are ignored there, but a --key=value must be one or the other.
+    The documented flag forms --config=FILE, --activation_checkpointing and --presets are accepted."""
+    flags = {"--activation_checkpointing": "--activation_checkpointing=True", "--presets": "--presets=True"}
+    argv = [a.partition("=")[2] if a.startswith("--config=") else flags.get(a, a) for a in argv]
+    model_configs = lambda name: variants.get(name).config_class
+    if any(a in configurator.HELP_FLAGS for a in argv):
+        configurator.resolve(argv, PlanConfig, model_configs)  # prints the keys, exits 0
+    files, overrides = {}, {}
+    for arg in argv:
+        (overrides if arg.startswith("--") else files).update(configurator.parse_args([arg]))
+    values = {**files, **overrides}
+    cfg = configurator.build(PlanConfig, values)
+    config_class = model_configs(cfg.variant)
+    known = {f.name for f in dataclasses.fields(PlanConfig)} | {f.name for f in dataclasses.fields(config_class)}
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise configurator.ConfigError(f"unknown key {unknown[0]!r} for variant {cfg.variant!r}{hint}")
+    checks = [(cfg.world_size >= 1, f"world_size must be >= 1, got {cfg.world_size}"),
+              (cfg.gpu_gb > 0, f"gpu_gb must be > 0, got {cfg.gpu_gb}"),
+              (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+              (cfg.parallelism in ("", "ddp", "fsdp"), f"parallelism must be ddp or fsdp, got {cfg.parallelism!r}"),
+              (cfg.dtype in ("float32", "bfloat16", "float16"),
+               f"dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")]
+    for ok, message in checks:
+        if not ok:
+            raise configurator.ConfigError(message)
+    if cfg.presets:
+        return cfg, None
+    if not files and not any(k in overrides for k in ("n_layer", "n_embd")):
+        raise configurator.ConfigError("give a config file (e.g. config/llama_7b.py) or the shape as --n_layer=... "
+                                       "--n_head=... --n_embd=..., or --presets")
+    model_config = configurator.build(config_class, values)
+    try:
+        model_config.validate()
+        memory.layer_bytes_per_token(model_config, cfg.variant, memory.FP32)
+    except ValueError as e:
+        raise configurator.ConfigError(str(e)) from None
+    return cfg, model_config
+
+
+def plan_main(argv):
+    try:
+        cfg, model_config = read_plan_args(argv)
+    except (configurator.ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if cfg.presets:
+        print(f"FSDP, {cfg.dtype}, micro-batch 1, activation checkpointing, {cfg.gpu_gb:g} GiB per GPU:")
+        print(presets_table(cfg))
+        return
+    gpu = int(cfg.gpu_gb * GiB)
+    rows = [memory.plan(model_config, cfg.variant, cfg.world_size, gpu, cfg.batch_size, None, cfg.dtype, par, ac)
+            for par in ([cfg.parallelism] if cfg.parallelism else ["ddp", "fsdp"])
+            for ac in ([cfg.activation_checkpointing] if cfg.activation_checkpointing is not None else [False, True])]
+    r = rows[0]
+    print(f"{cfg.variant}: {r.n_params / 1e9:.3f}B parameters, block {r.block_size}, {cfg.dtype}, world "
+          f"{cfg.world_size}, {cfg.gpu_gb:g} GiB per GPU; per-rank bytes, total at micro-batch {cfg.batch_size}:")
+    print(plan_table(rows))
+
+
 def main(argv):
     if argv[:1] == ["plan"]:  # the memory planner: nothing is run, so it has its own keys
-        return memory.main(argv[1:])
+        return plan_main(argv[1:])
     cfg, entries, modes, seq_lens, baseline, device, dtype, shape, models = read_config(argv)
     autocast = runtime.autocast(device, dtype)
     # the machine's speed drifts (clocks, neighbours): the peak is read again in every timing round, and MFU divides

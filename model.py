@@ -2,7 +2,7 @@
 A plain GPT (the GPT-2 architecture, as in nanoGPT): GPTConfig, the attention module, the MLP, the block, GPT and
 generate, in reading order.
 
-A variant is a file in variants/ that subclasses these parts and overrides the few methods marked "hook" (the README
+A variant is a file in variants/ that subclasses these parts and overrides the few methods marked "hook" (docs/design.md
 lists them). Masks, attention kernels and KV caches live in attention.py; what a batch is and what the model is
 trained to predict live in objectives.py.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-import hf_import
+from infra import hf_import
 from attention import KERNELS, AttnMask, KVCache, combine, share_kv_heads
 
 
@@ -69,12 +69,12 @@ class CausalSelfAttention(nn.Module):
 
     # hooks ------------------------------------------------------------------------------------------------------
     def rotate(self, q, k, pos):
-        """Position-dependent transform of q, k (B, H, T, hd) at absolute positions pos (T,): rotary variants."""
+        """hook: a position-dependent transform of q, k (B, H, T, hd) at absolute positions pos (T,); identity here."""
         return q, k
 
     def mask(self, Tq, Tk, q_offset):
         """This layer's AttnMask of Tq queries starting at absolute position q_offset over Tk keys. The pattern of
-        the input's layout (documents, padding, duo's interleaving), when it has one, is combined with it."""
+        the input's layout (documents, padding), when it has one, is combined with it."""
         return AttnMask(causal=True, q_offset=q_offset)
 
     def attend(self, q, k, v, mask):
@@ -157,7 +157,7 @@ class GPT(nn.Module):
     MLP = MLP
     Norm = LayerNorm
     Block = Block
-    position_embedding = True  # learned absolute positions at the input (rotary and ALiBi variants: False)
+    position_embedding = True  # learned absolute positions at the input (False for positions inside attention)
     tie_embeddings = True  # lm_head shares wte's matrix; an untied head has a bias when config.bias
     scale_residual_init = True  # GPT-2's 1/sqrt(2 * n_layer) on residual projections
 
@@ -206,17 +206,17 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))
 
     def run_blocks(self, x, pos, mask=None, caches=None):
-        """hook: the stack topology, sequential here (parallel variants run blocks in pairs)."""
+        """hook: the stack topology: each block in turn."""
         for i, block in enumerate(self.transformer.h):
             x = block(x, pos, None if caches is None else caches[i], mask)
         return x
 
     def aux_loss(self):
-        """hook: a loss term of the model itself, added to the objective's in training (a span regulariser), or None."""
+        """hook: a loss term of the model itself (a regulariser), added to the objective's in training, or None."""
         return None
 
     def log_metrics(self):
-        """hook: scalars about the model to log at each evaluation (learned spans, gates, frequencies...)."""
+        """hook: scalars about the model to log at each evaluation (learned parameters worth watching), or {}."""
         return {}
 
     # generation ---------------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ loss, the eval metrics, the special tokens and fill-mask. A registered variant n
 objective; train.py, sample.py, eval.py and bench.py talk to the objective and never learn what a model is.
 
     NextTokenLM    causal language modelling (every decoder)
-    InterleavedLM  duo-predict's layout: originals interleaved with <|MASK|> tokens, two streams (SPEC §1.3)
-    MaskedLM       masked language modelling plus NSP or SOP (SPEC §4.3-4.5)
+    InterleavedLM  duo-predict's layout: originals interleaved with <|MASK|> tokens, two streams (docs/gpt2_variants.md §3)
+    MaskedLM       masked language modelling plus NSP or SOP (docs/foundational.md §3-4.5)
 
 What passes from an objective to a model is a Batch; objective.logits(model, batch) hands the model the fields its
 forward declares.
@@ -150,7 +150,7 @@ def interleave_tokens(x, mask_id):
 
 
 class InterleavedLM(NextTokenLM):
-    """Duo-predict (SPEC §1.3): idx = [t0, M, t1, M, ..., t_{N-1}]; t_k and the mask after it share position k. Every
+    """Duo-predict (docs/gpt2_variants.md §3): idx = [t0, M, t1, M, ..., t_{N-1}]; t_k and the mask after it share position k. Every
     original predicts the next token; every mask predicts the token it stands in for (duo_loss="intended"), or the
     labels of HF's double shift (duo_loss="hf_double_shift": original t_k -> t_k, mask after t_k -> t_{k+2}). Eval
     reports next-token metrics at the original positions only (comparable with a plain GPT) plus the mask stream's

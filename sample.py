@@ -15,11 +15,8 @@ from pathlib import Path
 
 import torch
 
-import checkpoint
-import configurator
-import runtime
-import scaling
-from runtime import fail
+from infra import checkpoint, configurator, runtime, scaling
+from infra.runtime import fail
 import variants
 from data.common import DataError, get_tokenizer
 

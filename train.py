@@ -31,13 +31,8 @@ from torch.distributed import init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import attention
-import checkpoint
-import configurator
-import flops
-import memory
-import runtime
-import scaling
-from runtime import fail
+from infra import checkpoint, configurator, flops, memory, runtime, scaling
+from infra.runtime import fail
 import variants
 from data.common import DataError, check_same_vocabulary, load_meta, open_split
 from model import GPT, GPTConfig

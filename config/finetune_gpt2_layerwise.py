@@ -1,4 +1,4 @@
-# Fine-tune pretrained GPT-2 small (124M) with layer-wise sliding windows (SPEC §3.3) on TinyStories:
+# Fine-tune pretrained GPT-2 small (124M) with layer-wise sliding windows (docs/layerwise.md §3) on TinyStories:
 #   python data/tinystories/prepare.py && python train.py config/finetune_gpt2_layerwise.py
 # The window fields apply on top of the pretrained weights: --schedule=half, --windows=[...] (one per layer),
 # --window_pattern=SSSL. Hyper-parameters: lr 5e-5, linear decay, warmup 500, weight decay 0.01, clip 1.0,

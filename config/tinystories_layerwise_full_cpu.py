@@ -1,5 +1,5 @@
-# Layer-wise windows (SPEC §3), schedule "full", trained from scratch on TinyStories on a CPU: 12 layers so the
-# schedule is exactly SPEC's 12-layer table, tiny width so a run takes minutes (1 thread). Prepare the data with
+# Layer-wise windows (docs/layerwise.md), schedule "full", trained from scratch on TinyStories on a CPU: 12 layers so the
+# schedule is exactly the 12-layer table of docs/layerwise.md §1, tiny width so a run takes minutes (1 thread). Prepare the data with
 # python data/tinystories/prepare.py --train ../shared/data/tinystories/train_first1000/tiny_stories.txt \
 #   --val ../shared/data/tinystories/validation_prefix/tinystories_val.txt --out_dir /tmp/ts
 # then: OMP_NUM_THREADS=1 python train.py config/tinystories_layerwise_full_cpu.py --data_dir=/tmp/ts

@@ -1,4 +1,4 @@
-# Layer-wise windows (SPEC §3), schedule "half": config/tinystories_layerwise_full_cpu.py with another schedule.
+# Layer-wise windows (docs/layerwise.md), schedule "half": config/tinystories_layerwise_full_cpu.py with another schedule.
 # OMP_NUM_THREADS=1 python train.py config/tinystories_layerwise_half_cpu.py --data_dir=/tmp/ts
 base = "tinystories_layerwise_full_cpu.py"
 schedule = "half"

@@ -1,4 +1,4 @@
-# The adaptive-span recipe of SPEC §2.7: enwik8 bytes, 12 layers, 8 heads, 512 wide, context 512, batch 64, 150k
+# The adaptive-span recipe of docs/adaptive_span.md §7: enwik8 bytes, 12 layers, 8 heads, 512 wide, context 512, batch 64, 150k
 # iterations, adaptive span + periodic (triangle-wave) masking with its span regulariser.
 # python data/enwik8/prepare.py && python train.py config/train_enwik8.py
 # Fair twins: config/enwik8_baseline.py (plain attention) and config/enwik8_span_only.py (no periodic mask).
@@ -35,4 +35,4 @@ softness_span_mask = 32.0
 period_min_triangle_wave_masking = 2.0
 period_max_triangle_wave_masking = 8.0
 span_reg = 4e-6
-block_pos_emb = True  # extra learned positions before every block but the first (SPEC §2.1), in all three twins
+block_pos_emb = True  # extra learned positions before every block but the first (docs/adaptive_span.md §1), in all three twins

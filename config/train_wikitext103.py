@@ -1,5 +1,5 @@
 # WikiText-103 with GPT-2 BPE at GPT-2 medium scale, trained from scratch as the parallel_transformer family was
-# (SPEC §1.0): 24 layers, 16 heads, 1024 wide, context 1024, dropout 0.1, 64 x 1024 tokens per step, AdamW
+# (docs/gpt2_variants.md §0): 24 layers, 16 heads, 1024 wide, context 1024, dropout 0.1, 64 x 1024 tokens per step, AdamW
 # lr 1e-4 (betas 0.9/0.999, weight decay 0.01), 10% linear warmup then linear decay, about 5 epochs.
 # python data/wikitext103/prepare.py && torchrun --standalone --nproc_per_node=8 train.py config/train_wikitext103.py
 out_dir = "out-wikitext103"

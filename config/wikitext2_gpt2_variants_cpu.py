@@ -1,4 +1,4 @@
-# Small GPT-2 baseline twin for the SPEC §1 variants (drift_diffusion, parallel, duo_predict, rotating_head) on
+# Small GPT-2 baseline twin for the docs/gpt2_variants.md variants (drift_diffusion, parallel, duo_predict, rotating_head) on
 # WikiText-2 raw, GPT-2 BPE: trains on wiki.valid, evaluates on wiki.test. Prepare once:
 #   python data/wikitext103/prepare.py --train <wikitext-2-raw>/wiki.valid.raw --val <wikitext-2-raw>/wiki.test.raw \
 #       --out_dir /tmp/wt2

@@ -1,7 +1,7 @@
 """The bad-input matrix: each case is a command a user might type, the exit code it must get (2: the configuration
 is wrong, 1: a file, the data or a device is) and a fragment of the one `error:` line it must print. Running it must
 leave every file already on disk byte-identical. tests/test_bad_inputs.py runs every case as a real process;
-`python tests/bad_inputs.py` prints the table the README's reliability section carries (a test keeps them equal).
+`python tests/bad_inputs.py` prints the table docs/reliability.md carries (a test keeps them equal).
 
 Placeholders filled in by the test: {data} a prepared tiny-Shakespeare char dataset, {run} a finished training run on
 it, {upper} the same text upper-cased (another 39-character vocabulary of the same tokenizer kind), {bytes} a byte-level
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 @dataclass
 class Case:
-    what: str  # the input, as the README shows it
+    what: str  # the input, as docs/reliability.md shows it
     argv: list  # the command, with placeholders
     code: int
     message: str  # part of the error line
@@ -26,7 +26,7 @@ T = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_siz
      "--eval_interval=1000", "--eval_iters=1", "--device=cpu", "--warmup_iters=1", "--lr_decay_iters=2"]
 TRAIN = ["train.py", *T, "--data_dir={data}", "--out_dir={run}"]
 RESUME = [*TRAIN, "--init_from=resume", "--max_iters=4"]
-EVAL = ["eval.py", "--out_dir={run}", "--device=cpu", "--max_tokens=200"]
+EVAL = ["tools/eval.py", "--out_dir={run}", "--device=cpu", "--max_tokens=200"]
 SAMPLE = ["sample.py", "--out_dir={run}", "--device=cpu", "--max_new_tokens=4", "--num_samples=1"]
 BENCH = ["bench.py", "--variants=gpt", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--reps=2",
          "--device=cpu", "--out_dir={out}"]
@@ -101,7 +101,7 @@ CASES = [
     Case("eval --data_dir=<byte-level data>", [*EVAL, "--data_dir={bytes}"], 1,
          "char-tokenized vs byte-tokenized data"),
     Case("analysis --data_dir=<data of another vocabulary>",
-         ["analysis.py", "--ckpt={run}", "--data_dir={upper}", "--out_dir={out}", "--device=cpu"], 1,
+         ["tools/analysis.py", "--ckpt={run}", "--data_dir={upper}", "--out_dir={out}", "--device=cpu"], 1,
          "was trained on a different vocabulary than"),
     Case("train --data_dir=<.bin with ids beyond the vocabulary>", [*TRAIN, "--data_dir={corrupt}", "--out_dir={out}"],
          1, "but meta.json says its largest id is"),

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.tensor import DTensor  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
-import scaling  # noqa: E402
+from infra import scaling  # noqa: E402
 import train  # noqa: E402
 import variants  # noqa: E402
 

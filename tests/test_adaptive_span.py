@@ -1,4 +1,4 @@
-"""Adaptive span + periodic masking (SPEC §2): mask values, densities, FLOP counts, path equivalence with gradients,
+"""Adaptive span + periodic masking (docs/adaptive_span.md): mask values, densities, FLOP counts, path equivalence with gradients,
 causality, rolling-cache generation, span loss, span plots, checkpoints, config errors."""
 import json
 import math
@@ -93,7 +93,7 @@ def test_analytic_entries_match_a_brute_force_count(periodic):
     T = 40
     s = (attn.spans() + attn.softness).clamp(0, T).floor()
     d = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).float()  # (query, key) distances
-    if periodic:  # SPEC §2.6: keep(d) = [m_tri(d) > 0 and d <= s_h]
+    if periodic:  # docs/adaptive_span.md §6: keep(d) = [m_tri(d) > 0 and d <= s_h]
         wave = attn.wave.wave(d.clamp_min(0).flatten()).view(-1, T, T)
         keep = (d >= 0) & (d <= s[:, None, None]) & (wave > 0)
     else:  # causal triangle minus the part beyond the span: d < s_h
@@ -220,7 +220,7 @@ def test_flops_report_and_span_init():
 def test_flops_per_token_counts_the_analytic_fraction():
     """Attention FLOPs per token are the dense causal n_layer * 4 * n_embd * (T + 1) / 2 times the report's analytic
     fraction."""
-    import flops
+    from infra import flops
     model = tiny(block_size=512, span_init=16.0, span_block=32, softness_span_mask=16.0)
     report = model.attention_flops_report(512)
     f = flops.flops_per_token(model, 512)
@@ -242,7 +242,7 @@ def test_config_errors(kw, message):
 
 
 def test_train_logs_spans_and_checkpoint_round_trips(shakespeare_dir, tmp_path):
-    import checkpoint
+    from infra import checkpoint
     out = tmp_path / "run"
     run(["train.py", "config/enwik8_cpu_span_periodic.py", f"--data_dir={shakespeare_dir}", f"--out_dir={out}",
          "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--batch_size=2", "--block_size=64", "--n_layer=2",

@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import REPO, assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, future_gradient
 
-import configurator
-import flops
+from infra import configurator, flops
 import variants
 from attention import dense_attention
 from model import GPT, GPTConfig

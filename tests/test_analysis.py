@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import analysis
-import checkpoint
+from tools import analysis
+from infra import checkpoint
 import variants
 from attention import AttnMask, dense_attention
 from conftest import REPO, run
@@ -165,7 +165,7 @@ def test_outputs_default_to_beside_the_first_checkpoint_not_the_working_director
     tmp_path, _, paths = tiny_run
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    proc = run([str(REPO / "analysis.py"), f"--ckpt={paths['full'].parent},{paths['windowed']}", "--batch_size=2",
+    proc = run([str(REPO / "tools/analysis.py"), f"--ckpt={paths['full'].parent},{paths['windowed']}", "--batch_size=2",
                 "--crop=8"], cwd=cwd)
     assert list(cwd.iterdir()) == []
     out = paths["full"].parent / "analysis"

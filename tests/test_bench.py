@@ -7,9 +7,9 @@ import statistics
 import pytest
 import torch
 
-import flops
+from infra import flops
 import variants
-from bench import BenchConfig, build
+from bench import build
 from conftest import REPO, run
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--batch_size=2", "--reps=2", "--latency_reps=2", "--warmup=1",
@@ -29,7 +29,8 @@ def test_bench_reports_every_entry_and_length(tmp_path):
         assert r["fwd_bwd_s"]["median"] > 0 and r["tokens_per_s"] > 0 and 0 < r["mfu"]
         assert r["latency_s"]["p50"] <= r["latency_s"]["p99"]
         assert r["speedup"]["ideal"] == pytest.approx(1.0)  # same FLOPs: the dense path computes the same model
-    assert rows[("gpt", 64)]["speedup"]["measured"] == 1.0
+    dense, sdpa = rows[("gpt_dense", 64)], rows[("gpt", 64)]  # measured speedup: the baseline's time over the entry's
+    assert dense["speedup"]["measured"] == pytest.approx(sdpa["fwd_bwd_s"]["median"] / dense["fwd_bwd_s"]["median"])
     for check in report["flop_counter_check"].values():
         assert check["counted"] == pytest.approx(check["analytic"], rel=1e-9)
     assert all(g["identical"] and g["reps"] == 3 for g in report["generation"].values())
@@ -108,10 +109,6 @@ def test_flops_per_token_sees_shared_and_repeated_layers():
     plain = build("deberta", {"emd": False}, SHAPE, torch.device("cpu"))
     a_emd, a_plain = flops.flops_per_token(emd, T)["attention"], flops.flops_per_token(plain, T)["attention"]
     assert a_emd == pytest.approx(a_plain * 5 / 4)  # 4 layers: 3 plain + the last one twice
-
-
-def test_default_out_dir_is_bench_out_in_the_repository():
-    assert BenchConfig().out_dir == str(REPO / "bench_out")
 
 
 def test_default_output_lands_in_the_repository_whatever_the_working_directory(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
+from infra import checkpoint
 from conftest import REPO, run
 
 BASE = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=48", "--block_size=32", "--batch_size=4",
@@ -214,7 +214,7 @@ def test_bad_checkpoint_file_is_one_line(trained, tmp_path, shakespeare_dir, com
     write_bad(kind, out / "ckpt.pt", trained)
     args = {"train": train_args(shakespeare_dir, out, "--init_from=resume"),
             "sample": ["sample.py", f"--out_dir={out}", "--device=cpu", "--start=A", "--max_new_tokens=2"],
-            "eval": ["eval.py", f"--out_dir={out}", f"--data_dir={shakespeare_dir}", "--device=cpu"]}[command]
+            "eval": ["tools/eval.py", f"--out_dir={out}", f"--data_dir={shakespeare_dir}", "--device=cpu"]}[command]
     before = digest(out / "ckpt.pt")
     proc = run(args, check=False, env=ENV)
     assert_one_error_line(proc, f"checkpoint {out / 'ckpt.pt'} ", MESSAGES[kind])

@@ -3,10 +3,10 @@ from dataclasses import dataclass
 
 import pytest
 
-import configurator
+from infra import configurator
 import variants
 from conftest import REPO
-from configurator import ConfigError, resolve
+from infra.configurator import ConfigError, resolve
 from model import GPTConfig
 from variants.layerwise_window import LayerwiseConfig
 

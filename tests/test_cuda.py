@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import attention
-import runtime
+from infra import runtime
 import variants
 from attention import check_trainable, flex_attention
 from conftest import run

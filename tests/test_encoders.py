@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import checkpoint
+from infra import checkpoint
 import variants
 from conftest import assert_same_outputs_and_grads, embedding_grad
 from objectives import special_ids
@@ -236,7 +236,7 @@ def test_albert_shares_one_layer_applied_n_layer_times():
 
 def test_albert_counts_its_flops_per_application():
     """flops.py's analytic count of the shared layer, once per application, equals FlopCounterMode's."""
-    import flops
+    from infra import flops
     albert = tiny("albert", n_layer=4, attn_impl="dense")
     T = 16
     x = torch.randn(1, T, 32)

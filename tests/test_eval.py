@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoint
+from infra import checkpoint
 import variants
 from conftest import REPO, run
-from eval import window_plan
+from tools.eval import window_plan
 
 
 @pytest.mark.parametrize("n,T,stride", [(100, 16, 16), (100, 16, 5), (17, 16, 3), (10, 16, 4), (1000, 64, 1)])
@@ -40,7 +40,7 @@ def trained(shakespeare_dir, tmp_path_factory):
 
 
 def test_stride_one_equals_brute_force_full_context(trained, shakespeare_dir):
-    run(["eval.py", f"--out_dir={trained}", "--stride=1", "--max_tokens=120", "--device=cpu"])
+    run(["tools/eval.py", f"--out_dir={trained}", "--stride=1", "--max_tokens=120", "--device=cpu"])
     result = json.loads((trained / "eval_val.json").read_text())
     ckpt = checkpoint.load(trained / "ckpt.pt")
     model = checkpoint.build_model(ckpt, variants.get).eval()
@@ -58,7 +58,7 @@ def test_stride_one_equals_brute_force_full_context(trained, shakespeare_dir):
 
 def test_full_split_is_scored_once_with_bytes_reported(trained):
     for stride in (16, 5):
-        run(["eval.py", f"--out_dir={trained}", f"--stride={stride}", "--device=cpu", "--batch_size=64"])
+        run(["tools/eval.py", f"--out_dir={trained}", f"--stride={stride}", "--device=cpu", "--batch_size=64"])
         r = json.loads((trained / "eval_val.json").read_text())
         assert r["tokens_scored"] == 111540 - 1
         # Shakespeare is ASCII (1 char = 1 byte); bits per byte divides by every byte, incl. the unscored first one
@@ -66,9 +66,9 @@ def test_full_split_is_scored_once_with_bytes_reported(trained):
 
 
 def test_eval_bad_input(trained, tmp_path):
-    proc = run(["eval.py", f"--out_dir={tmp_path}"], check=False)
+    proc = run(["tools/eval.py", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 1 and "not found" in proc.stderr
-    proc = run(["eval.py", f"--out_dir={trained}", "--stride=99"], check=False)
+    proc = run(["tools/eval.py", f"--out_dir={trained}", "--stride=99"], check=False)
     assert proc.returncode == 2 and "stride=99 exceeds block_size 16" in proc.stderr
 
 
@@ -85,7 +85,7 @@ def test_outputs_land_beside_the_run_and_stdout_is_only_results(trained, tmp_pat
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     before = {p.name for p in trained.iterdir()}
-    proc = run([str(REPO / "eval.py"), f"--out_dir={trained}", "--split=val", "--max_tokens=300", "--device=cpu",
+    proc = run([str(REPO / "tools/eval.py"), f"--out_dir={trained}", "--split=val", "--max_tokens=300", "--device=cpu",
                 "--attention=True"], cwd=cwd)
     assert list(cwd.iterdir()) == []
     assert {p.name for p in trained.iterdir()} - before <= {"eval_val.json", "attention"}
@@ -125,7 +125,7 @@ def run_with_terminal_stderr(args, cwd):
 
 
 def test_progress_goes_to_a_terminal_stderr_and_never_to_stdout(trained, tmp_path):
-    out, shown = run_with_terminal_stderr([str(REPO / "eval.py"), f"--out_dir={trained}", "--split=val",
+    out, shown = run_with_terminal_stderr([str(REPO / "tools/eval.py"), f"--out_dir={trained}", "--split=val",
                                            "--max_tokens=300", "--device=cpu", "--batch_size=2"], cwd=tmp_path)
     assert "eval:" in shown and "tok" in shown  # the bar, drawn on the terminal
     lines = out.splitlines()

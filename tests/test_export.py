@@ -7,8 +7,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import checkpoint
-import export
+from infra import checkpoint
+from tools import export
 import variants
 from conftest import run
 from objectives import special_ids
@@ -314,10 +314,10 @@ def test_config_and_file_errors(tmp_path, capsys):
 
 
 def test_command_line(tmp_path):
-    """As a user runs it: python export.py --out_dir=RUN writes RUN/hf, which transformers loads offline."""
+    """As a user runs it: python tools/export.py --out_dir=RUN writes RUN/hf, which transformers loads offline."""
     model = build("llama", **DECODERS["llama_gqa"][1])
     run_dir = save_run(tmp_path / "run", "llama", model)
-    proc = run(["export.py", f"--out_dir={run_dir}", "--ckpt=ckpt.pt"])
+    proc = run(["tools/export.py", f"--out_dir={run_dir}", "--ckpt=ckpt.pt"])
     assert proc.stdout.splitlines()[-1].startswith(f"wrote {run_dir / 'hf'}: LlamaForCausalLM")
     assert "error" not in proc.stderr
     hf = T.AutoModelForCausalLM.from_pretrained(run_dir / "hf", local_files_only=True).eval()

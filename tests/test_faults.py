@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
+from infra import checkpoint
 import variants
 from conftest import REPO, run
 from data.common import DataError, check_same_vocabulary, load_meta, open_split, write_dataset
@@ -159,7 +159,7 @@ def test_eval_finds_the_data_from_any_working_directory(shakespeare_dir, tmp_pat
     assert recorded == str(tmp_path / "data" / "mine")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = run([str(REPO / "eval.py"), f"--out_dir={out}", "--device=cpu", "--max_tokens=200"], cwd=elsewhere)
+    proc = run([str(REPO / "tools/eval.py"), f"--out_dir={out}", "--device=cpu", "--max_tokens=200"], cwd=elsewhere)
     assert "val" in proc.stdout
 
 

@@ -1,4 +1,4 @@
-"""The four GPT-2 variants of SPEC §1: drift-diffusion, parallel, duo-predict, rotating head."""
+"""The four GPT-2 variants of docs/gpt2_variants.md: drift-diffusion, parallel, duo-predict, rotating head."""
 import math
 import warnings
 from dataclasses import asdict
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import checkpoint
+from infra import checkpoint
 import objectives
 import variants
 from attention import AttnMask, dense_attention, sdpa_attention
@@ -124,7 +124,7 @@ def test_config_errors(name, kw, message):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# drift-diffusion (SPEC §1.1)
+# drift-diffusion (docs/gpt2_variants.md §1)
 
 def test_drift_diffusion_parameters_and_init():
     model = build("drift_diffusion", n_layer=2, n_head=8, n_embd=512)
@@ -171,7 +171,7 @@ def test_diffusion_gradient_reaches_sigma_only_in_training():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# parallel (SPEC §1.2)
+# parallel (docs/gpt2_variants.md §2)
 
 @pytest.mark.parametrize("method", ["mean", "concat", "add"])
 def test_parallel_pair_wiring(method):
@@ -213,7 +213,7 @@ def test_parallel_flops_count_the_shared_bottleneck_per_stage():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# rotating head (SPEC §1.4)
+# rotating head (docs/gpt2_variants.md §4)
 
 def test_gp_frequencies_spec_values():
     f = gp_frequencies(16, 64)
@@ -261,19 +261,19 @@ def test_gp_cached_tables_match_recomputed_angles():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# duo-predict (SPEC §1.3)
+# duo-predict (docs/gpt2_variants.md §3)
 
-SPEC_CODE_L7 = [[1, 0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0, 0], [1, 0, 0, 1, 1, 0, 0],
+CODE_MASK_L7 = [[1, 0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0, 0], [1, 0, 0, 1, 1, 0, 0],
                 [1, 0, 1, 0, 1, 0, 0], [1, 0, 1, 0, 0, 1, 1], [1, 0, 1, 0, 1, 0, 1]]
-SEED_README_8X8 = [[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0],
+README_MASK_8X8 = [[1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0],
                    [1, 0, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 0, 1, 1, 1, 0],
                    [1, 1, 1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0, 1, 1]]
 
 
 def test_duo_masks_match_spec_and_seed_readme():
-    assert objectives.duo_allowed(7, "code").int().tolist() == SPEC_CODE_L7
-    assert objectives.duo_allowed(8, "readme").int().tolist() == SEED_README_8X8
-    assert DuoMask(variant="code").dense_allowed(7, 7, "cpu").int().tolist() == SPEC_CODE_L7
+    assert objectives.duo_allowed(7, "code").int().tolist() == CODE_MASK_L7
+    assert objectives.duo_allowed(8, "readme").int().tolist() == README_MASK_8X8
+    assert DuoMask(variant="code").dense_allowed(7, 7, "cpu").int().tolist() == CODE_MASK_L7
     for L in range(3, 22, 2):
         m = objectives.duo_allowed(L, "code")
         assert not m[0::2, 1::2].any()  # originals never see masks
@@ -300,7 +300,7 @@ def test_duo_layout_targets_positions_and_vocab():
         readme = build("duo_predict", duo_mask_variant="readme")
     assert obj.prepare(readme.config, x, y).mask.variant == "readme"
     hf = obj.prepare(build("duo_predict", duo_loss="hf_double_shift").config, x, y).targets
-    assert hf.tolist() == [[10, 12, 11, 13, 12, -1, -1]]  # original copies t_k, mask -> t_{k+2} (SPEC §1.3.4)
+    assert hf.tolist() == [[10, 12, 11, 13, 12, -1, -1]]  # original copies t_k, mask -> t_{k+2} (docs/gpt2_variants.md §3.4)
     with pytest.raises(ValueError, match="block_size"):
         obj.prepare(model.config, torch.zeros(1, 13, dtype=torch.long), torch.zeros(1, 13, dtype=torch.long))
 

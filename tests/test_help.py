@@ -8,7 +8,7 @@ from dataclasses import MISSING, fields, is_dataclass
 
 import pytest
 
-import configurator
+from infra import configurator
 import variants
 from conftest import REPO, run
 from model import GPTConfig
@@ -16,15 +16,19 @@ from variants.layerwise_window import LayerwiseConfig
 
 
 def find_entry_points():
-    """{script name: its entry dataclass} for each top-level module whose code calls configurator.resolve(argv, Cls)."""
+    """{script path: its entry dataclass} for each top-level or tools/ module whose code calls
+    configurator.resolve(argv, Cls)."""
     found = {}
-    for path in sorted(REPO.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+    for path in sorted([*REPO.glob("*.py"), *REPO.glob("tools/*.py")]):
+        # the first call in the file is the command's own (bench.py's planner, `bench.py plan`, comes after it)
+        for node in sorted((n for n in ast.walk(ast.parse(path.read_text())) if hasattr(n, "lineno")),
+                           key=lambda n: n.lineno, reverse=True):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "resolve"
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "configurator"):
                 arg = node.args[1] if len(node.args) > 1 else next(k.value for k in node.keywords
                                                                    if k.arg == "entry_cls")
-                found[path.name] = getattr(importlib.import_module(path.stem), arg.id)
+                script = path.relative_to(REPO).as_posix()
+                found[script] = getattr(importlib.import_module(script[:-3].replace("/", ".")), arg.id)
     return found
 
 
@@ -54,7 +58,7 @@ def default_text(f):
 
 
 def test_every_known_entry_point_is_found():
-    assert {"train.py", "sample.py", "eval.py", "bench.py", "analysis.py"} <= ENTRY_POINTS.keys()
+    assert {"train.py", "sample.py", "tools/eval.py", "bench.py", "tools/analysis.py"} <= ENTRY_POINTS.keys()
     assert all(is_dataclass(cls) for cls in ENTRY_POINTS.values())
 
 
@@ -119,7 +123,7 @@ def test_descriptions_are_the_comments_on_the_field_lines(script, header, key, c
 def test_a_field_without_a_comment_has_no_description():
     rows = group(help_output("train.py", "--help"), "train.py")
     assert rows["wandb_project"].split() == ["wandb_project", "str", "'attention-variants'"]
-    assert group(help_output("eval.py", "--help"), "eval.py")["split"].split() == ["split", "str", "'val'"]
+    assert group(help_output("tools/eval.py", "--help"), "tools/eval.py")["split"].split() == ["split", "str", "'val'"]
 
 
 def test_readable_types():

@@ -1,10 +1,10 @@
-"""Layer-wise sliding windows (SPEC §3): schedule tables, window semantics, banded kernel == dense reference with
+"""Layer-wise sliding windows (docs/layerwise.md): schedule tables, window semantics, banded kernel == dense reference with
 gradients, causality and locality, rolling-cache generation, GPT-2 import with windows, checkpoints, config errors."""
 
 import pytest
 import torch
 
-import checkpoint
+from infra import checkpoint
 import variants
 from attention import AttnMask, RollingKVCache, banded_attention, dense_attention, sdpa_attention
 from conftest import (
@@ -12,7 +12,7 @@ from conftest import (
 from variants.layerwise_window import LayerwiseConfig, LayerwiseGPT, layer_windows
 
 F_ = None  # full causal
-SPEC_TABLE = {  # SPEC §3.1, layers 0..11
+WINDOW_TABLE = {  # docs/layerwise.md §1, layers 0..11
     "full": [F_] * 12,
     "half": [F_] * 6 + [256, 128, 64, 32, 16, 16],
     "quarter": [F_] * 3 + [512, 256, 128, 64, 32, 16, 8, 4, 4],
@@ -30,12 +30,12 @@ def windows_of(model):
     return [b.attn.window for b in model.transformer.h]
 
 
-@pytest.mark.parametrize("schedule", list(SPEC_TABLE))
+@pytest.mark.parametrize("schedule", list(WINDOW_TABLE))
 def test_12_layer_schedules_equal_spec_table(schedule):
-    assert layer_windows(LayerwiseConfig(schedule=schedule)) == SPEC_TABLE[schedule]
+    assert layer_windows(LayerwiseConfig(schedule=schedule)) == WINDOW_TABLE[schedule]
     model = LayerwiseGPT(LayerwiseConfig(schedule=schedule, n_layer=12, n_head=2, n_embd=8, block_size=8,
                                          vocab_size=11))
-    assert windows_of(model) == SPEC_TABLE[schedule]
+    assert windows_of(model) == WINDOW_TABLE[schedule]
 
 
 def test_seed_json_and_progressive_forms_reproduce_the_presets():
@@ -43,11 +43,11 @@ def test_seed_json_and_progressive_forms_reproduce_the_presets():
                                                            "aggressive": (1, 1024, 1)}.items():
         as_json = (f'{{"type": "progressive", "start_layer": {start_layer}, "start_window": {start_window}, '
                    f'"end_window": {end_window}}}')
-        assert layer_windows(LayerwiseConfig(schedule=as_json)) == SPEC_TABLE[name]
+        assert layer_windows(LayerwiseConfig(schedule=as_json)) == WINDOW_TABLE[name]
         prog = LayerwiseConfig(schedule="progressive", start_layer=start_layer, start_window=start_window,
                                end_window=end_window)
-        assert layer_windows(prog) == SPEC_TABLE[name]
-    # SPEC §3.1's prose: the first masked layer keeps start_window
+        assert layer_windows(prog) == WINDOW_TABLE[name]
+    # docs/layerwise.md §1's prose: the first masked layer keeps start_window
     assert layer_windows(LayerwiseConfig(schedule="half", first_window_is_start=True))[5:] == \
         [None, 512, 256, 128, 64, 32, 16]
     assert layer_windows(LayerwiseConfig(n_layer=3, schedule='{"windows": [null, 8, 0]}')) == [None, 8, None]

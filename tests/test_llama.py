@@ -4,8 +4,7 @@ import json
 import pytest
 import torch
 
-import checkpoint
-import configurator
+from infra import checkpoint, configurator
 import variants
 from conftest import REPO, assert_cached_greedy_equals_uncached, assert_same_outputs_and_grads, future_gradient
 from variants.char_gpt import CharGPT, CharGPTConfig

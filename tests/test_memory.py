@@ -12,8 +12,7 @@ sys.path.insert(0, str(REPO))  # also when torchrun runs this file as the FSDP w
 import pytest
 import torch
 
-import memory
-import scaling
+from infra import memory, scaling
 import variants
 from conftest import run
 
@@ -286,7 +285,7 @@ def test_fsdp_shards_equal_the_plan_and_checkpointing_is_identical_under_fsdp(tm
 # the command line
 
 def test_cli_llama_7b():
-    proc = run(["memory.py", "--config=config/llama_7b.py", "--world_size=8", "--gpu_gb=80"])
+    proc = run(["bench.py", "plan", "--config=config/llama_7b.py", "--world_size=8", "--gpu_gb=80"])
     lines = proc.stdout.splitlines()
     assert "6.738B parameters, block 2048" in lines[0]
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
@@ -301,7 +300,7 @@ def test_cli_llama_7b():
 
 
 def test_cli_presets_and_bad_input():
-    proc = run(["memory.py", "--presets"])
+    proc = run(["bench.py", "plan", "--presets"])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in proc.stdout.splitlines() if line.startswith("| llama") or line.startswith("| gpt2")}
     assert set(rows) == {"llama_7b", "llama_13b", "llama_33b", "llama_65b", "gpt2 (124M)", "gpt2-medium (350M)",
@@ -310,7 +309,7 @@ def test_cli_presets_and_bad_input():
     assert gpus == sorted(gpus) and gpus[0] >= 2  # 7B's 16 bytes per parameter alone exceed one 80 GiB GPU
     assert rows["gpt2 (124M)"][2] == "1" and rows["gpt2 (124M)"][5] == "yes"
     for bad in (["--presets", "--parallelism=zero"], ["config/llama_7b.py", "--world_sise=8"], ["--gpu_gb=80"]):
-        proc = run(["memory.py", *bad], check=False)
+        proc = run(["bench.py", "plan", *bad], check=False)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, bad
 
 

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import torch
 
-import checkpoint
+from infra import checkpoint
 import variants
 from conftest import REPO, run
 
@@ -23,13 +23,13 @@ def test_plot_defaults_to_the_first_runs_directory(tmp_path):
     a, b = fake_run(tmp_path / "run_a"), fake_run(tmp_path / "run_b")
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    proc = run([str(REPO / "plot.py"), str(a), str(b / "metrics.jsonl")], cwd=cwd)
+    proc = run([str(REPO / "tools/plot.py"), str(a), str(b / "metrics.jsonl")], cwd=cwd)
     assert (a / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert proc.stdout.strip() == f"wrote {a / 'loss.png'}"
     assert list(cwd.iterdir()) == [] and not (b / "loss.png").exists()
-    run([str(REPO / "plot.py"), str(b / "metrics.jsonl")], cwd=cwd)  # a metrics.jsonl path: beside it
+    run([str(REPO / "tools/plot.py"), str(b / "metrics.jsonl")], cwd=cwd)  # a metrics.jsonl path: beside it
     assert (b / "loss.png").is_file() and list(cwd.iterdir()) == []
-    run([str(REPO / "plot.py"), str(a), "--out=mine.png"], cwd=cwd)  # an explicit --out wins
+    run([str(REPO / "tools/plot.py"), str(a), "--out=mine.png"], cwd=cwd)  # an explicit --out wins
     assert [p.name for p in cwd.iterdir()] == ["mine.png"]
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import checkpoint
+from infra import checkpoint
 from conftest import REPO, run
 
 BASE = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=48", "--block_size=32", "--batch_size=4",

@@ -118,9 +118,9 @@ def test_sample_and_eval_read_the_sharded_checkpoint(fsdp_run, tmp_path):
     proc = run(["sample.py", f"--out_dir={fsdp_run}", "--device=cpu", "--max_new_tokens=8", "--num_samples=1",
                 "--start=ROMEO:"])
     assert proc.stdout.startswith("ROMEO:")
-    folder = run(["eval.py", f"--out_dir={fsdp_run}", "--device=cpu", "--max_tokens=300"]).stdout
+    folder = run(["tools/eval.py", f"--out_dir={fsdp_run}", "--device=cpu", "--max_tokens=300"]).stdout
     assert f"checkpoint {fsdp_run / 'ckpt'} " in folder
     run(["scaling.py", "consolidate", str(fsdp_run / "ckpt"), str(tmp_path / "one.pt")])
-    one_file = run(["eval.py", f"--out_dir={tmp_path}", "--ckpt=one.pt", "--device=cpu", "--max_tokens=300"]).stdout
+    one_file = run(["tools/eval.py", f"--out_dir={tmp_path}", "--ckpt=one.pt", "--device=cpu", "--max_tokens=300"]).stdout
     loss = lambda out: re.search(r" loss (\S+) ", out)[1]
     assert loss(folder) == loss(one_file)

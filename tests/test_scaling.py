@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-import checkpoint
-import scaling
+from infra import checkpoint, scaling
 import scaling_worker as W
 import train
 import variants

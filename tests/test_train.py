@@ -118,7 +118,7 @@ def test_sample_rejects_bad_prompts(trained, start, message):
 def test_plot_loss_curves(trained, tmp_path):
     out, _ = trained
     png = tmp_path / "loss.png"
-    run(["plot.py", str(out), f"--out={png}"])
+    run(["tools/plot.py", str(out), f"--out={png}"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

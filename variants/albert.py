@@ -1,10 +1,10 @@
-"""ALBERT (Lan et al. 2020), SPEC §4.4 in its paper form: factorised embeddings (word, position and token-type
+"""ALBERT (Lan et al. 2020), docs/foundational.md §4 in its paper form: factorised embeddings (word, position and token-type
 tables of width E, LayerNorm, then one E -> H projection), full cross-layer sharing (one post-LN block applied
 n_layer times), SOP instead of NSP, n-gram MLM masking (n <= 3, p(n) ~ 1/n), MLM head H -> E tied to the E-wide word
 embeddings. No dropout by default, as in the paper."""
 from dataclasses import dataclass
 
-import hf_import
+from infra import hf_import
 from objectives import MaskedLM
 from variants.encoder import Encoder, EncoderConfig
 from variants.registry import register

@@ -1,4 +1,4 @@
-"""The char-level GPT of Karpathy's "Let's build GPT" lecture (gpt.py), SPEC §4.1: causal heads with bias-free
+"""The char-level GPT of Karpathy's "Let's build GPT" lecture (gpt.py), docs/foundational.md §1: causal heads with bias-free
 key/query/value and 1/sqrt(head_size) scaling (the lecture's separate Head modules computed as one fused projection,
 which is the same function), dropout on the attention weights, the projection and the FFN, pre-norm blocks, a ReLU FFN
 of width 4d, learned positions, a final LayerNorm and an untied output Linear with bias, N(0, 0.02) init everywhere."""

@@ -1,4 +1,4 @@
-"""DeBERTa v1 (He et al. 2021), SPEC §4.5 in its paper/official-code form.
+"""DeBERTa v1 (He et al. 2021), docs/foundational.md §5 in its paper/official-code form.
 
 Disentangled attention: one relative-position table P (2k rows, width H) shared by all layers, per-layer
 projections K_r = P W_kr (no bias) and Q_r = P W_qr + b, and scores
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf_import
+from infra import hf_import
 from attention import AttnMask
 from objectives import MaskedLM
 from variants.encoder import BidirectionalSelfAttention, Encoder, EncoderConfig, PostLNBlock

@@ -1,4 +1,4 @@
-"""Drift-diffusion GPT-2 (SPEC §1.1): a learned drift and learned Gaussian noise on every head's attention output.
+"""Drift-diffusion GPT-2 (docs/gpt2_variants.md §1): a learned drift and learned Gaussian noise on every head's attention output.
 
 Per layer, per head, per channel (no per-token parameters), acting on the context vectors a = softmax(qk/sqrt(d)) v
 of shape (B, H, T, hd), after the heads are combined with V and before they are merged and projected by c_proj:
@@ -6,7 +6,7 @@ of shape (B, H, T, hd), after the heads are combined with V and before they are 
     drift     a <- a + sigmoid(theta) * (a - b)     (baseline_each_head; else a <- a + sigmoid(theta) * a)
     diffusion a <- a + sigma * eps,  eps ~ N(0, I)  (training only; the identity in eval)
 
-theta ~ N(0, 1), b ~ 1e-3 N(0, 1), sigma ~ N(0, 1) at init (SPEC §1.7). The op runs after the attention kernel, so
+theta ~ N(0, 1), b ~ 1e-3 N(0, 1), sigma ~ N(0, 1) at init (docs/gpt2_variants.md §7). The op runs after the attention kernel, so
 every attention fast path still applies.
 """
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Duo-predict GPT-2 (SPEC §1.3): a plain GPT-2 trained on the N original tokens interleaved with <|MASK|> tokens,
+"""Duo-predict GPT-2 (docs/gpt2_variants.md §3): a plain GPT-2 trained on the N original tokens interleaved with <|MASK|> tokens,
 
     idx = [t0, M, t1, M, t2, ..., M, t_{N-1}]        (length L = 2N-1; t_k at 2k, the mask after t_k at 2k+1)
 

@@ -1,4 +1,4 @@
-"""The bidirectional encoders (BERT, ALBERT, DeBERTa), SPEC §4.3-4.5: a model of their own, built from model.py's
+"""The bidirectional encoders (BERT, ALBERT, DeBERTa), docs/foundational.md §3-4.5: a model of their own, built from model.py's
 attention, MLP and block parts. The batches, losses, metrics and fill-mask are objectives.MaskedLM.
 
 Embeddings: word (+ learned absolute position) (+ token type) -> LayerNorm -> dropout (-> E x H projection when the

@@ -1,9 +1,9 @@
-"""Layer-wise causal sliding windows (SPEC §3).
+"""Layer-wise causal sliding windows (docs/layerwise.md).
 
 Layer l lets query i attend key j iff max(0, i - w_l + 1) <= j <= i (w = 1 is self only; w >= T is plain causal).
 The per-layer windows w_l come from one of (see `layer_windows`):
 
-  schedule = "full" | "half" | "quarter" | "aggressive"   SPEC §3.1 presets (geometric halving)
+  schedule = "full" | "half" | "quarter" | "aggressive"   docs/layerwise.md §1 presets (geometric halving)
   schedule = "progressive" + start_layer/start_window/end_window, or the JSON form as a string:
              schedule = '{"type": "progressive", "start_layer": 6, "start_window": 512, "end_window": 16}'
   windows = [0, 0, 256, 128, ...]                         explicit, one per layer, 0 = full causal
@@ -24,15 +24,15 @@ from attention import AttnMask, RollingKVCache, sdpa_attention
 from model import GPT, CausalSelfAttention, GPTConfig
 from variants.registry import register
 
-# SPEC §3.1, written for 12 layers: (start_layer, start_window, end_window); layers before start_layer are full.
+# docs/layerwise.md §1, written for 12 layers: (start_layer, start_window, end_window); layers before start_layer are full.
 PRESETS = {"half": (6, 512, 16), "quarter": (3, 1024, 4), "aggressive": (1, 1024, 1)}
 PRESET_LAYERS = 12
 
 
 def progressive_windows(n_layer, start_layer, start_window, end_window, first_window_is_start=False):
-    """Geometric halving: full below start_layer, then max(end, start // 2^(l - start_layer + 1)) (SPEC §3.1's
+    """Geometric halving: full below start_layer, then max(end, start // 2^(l - start_layer + 1)) (docs/layerwise.md §1's
     table: the first masked layer already gets start/2), or start // 2^(l - start_layer) with first_window_is_start
-    (SPEC §3.1's prose)."""
+    (docs/layerwise.md §1's prose)."""
     shift = 0 if first_window_is_start else 1
     return [None if l < start_layer else max(end_window, start_window // 2 ** (l - start_layer + shift))
             for l in range(n_layer)]
@@ -105,7 +105,7 @@ def layer_windows(config):
                                    config.first_window_is_start)
     if schedule in PRESETS:
         start_layer, start_window, end_window = PRESETS[schedule]
-        # other depths keep the same fraction of full layers at the bottom; 12 layers give SPEC's table exactly
+        # other depths keep the same fraction of full layers at the bottom; 12 layers give the table of docs/layerwise.md §1 exactly
         start_layer = math.ceil(start_layer * n / PRESET_LAYERS)
         return progressive_windows(n, start_layer, start_window, end_window, config.first_window_is_start)
     raise ValueError(f"unknown schedule {config.schedule!r}: use full, half, quarter, aggressive, progressive, "

@@ -1,4 +1,4 @@
-"""LLaMA-1 (Touvron et al. 2023), SPEC §4.6: pre-norm RMSNorm blocks, SwiGLU FFN, interleaved RoPE on q/k at every
+"""LLaMA-1 (Touvron et al. 2023), docs/foundational.md §6: pre-norm RMSNorm blocks, SwiGLU FFN, interleaved RoPE on q/k at every
 layer (absolute positions, so cached decoding rotates each new token by its true position), no absolute position
 embedding, untied output head, grouped-query attention (n_kv_head) whose KV cache stores only the n_kv_head heads."""
 import math
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf_import
+from infra import hf_import
 from model import GPT, CausalSelfAttention, GPTConfig
 from variants.registry import register
 from variants.rotary import rope_cos_sin, rope_frequencies, rotate_interleaved

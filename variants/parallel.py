@@ -1,9 +1,9 @@
-"""Parallel GPT-2 (SPEC §1.2): the n_layer blocks run in adjacent pairs (2k, 2k+1) on the same input, and the pair's
+"""Parallel GPT-2 (docs/gpt2_variants.md §2): the n_layer blocks run in adjacent pairs (2k, 2k+1) on the same input, and the pair's
 two outputs are merged before the next pair, so the depth is halved and the width of each stage doubled.
 
     x_L = Block_2k(x), x_R = Block_2k+1(x)      (complete pre-LN blocks, each with its own residual)
     mean:   x <- (x_L + x_R) / 2                 (default)
-    concat: x <- W [x_L ; x_R] + b               (ONE Linear(2C, C) shared by every stage, SPEC §1.2)
+    concat: x <- W [x_L ; x_R] + b               (ONE Linear(2C, C) shared by every stage, docs/gpt2_variants.md §2)
     add:    x <- x_L + x_R
 
 pair_impl: "sequential" runs the two blocks one after the other; "batched" runs a pair as one computation (weights

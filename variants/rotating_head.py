@@ -1,8 +1,8 @@
-"""Rotating-head GPT-2 (SPEC §1.4): rotary position rotations with per-layer, PER-HEAD frequencies on q and k of every
+"""Rotating-head GPT-2 (docs/gpt2_variants.md §4): rotary position rotations with per-layer, PER-HEAD frequencies on q and k of every
 layer, on top of the learned absolute position embeddings (wpe is kept).
 
 Pairs are interleaved (2i, 2i+1); the angle of pair i of head h at position p is p * f~[h, i]:
-    lr: f = nn.Parameter(randn(H, hd/2)), learned (and weight-decayed, SPEC §1.4);
+    lr: f = nn.Parameter(randn(H, hd/2)), learned (and weight-decayed, docs/gpt2_variants.md §4);
     gp: f[h, i] = s_h * base^(-2i/hd) with s_h = 10^(-h/(H-1)) (torch.logspace(0, -1, H)): head 0 gets the standard
         RoPE spectrum, the last head the spectrum slowed down ten times. Fixed.
     rope_freq_norm: f~ = LayerNorm_{hd/2}(f_h) per head (affine shared by the heads), else f~ = f.

@@ -208,7 +208,7 @@ def train_run(name, data_dir, out_dir, init_state=None):
 
 def write_start_checkpoint(name, data_dir, out_dir, state):
     """An iteration-0 checkpoint holding the given initial weights, for train.py --init_from=resume."""
-    import checkpoint
+    from infra import checkpoint
     from data.common import load_meta
     from train import TrainConfig, make_optimizer, rng_states
     model = build(name, state)
@@ -234,7 +234,7 @@ def record(name, data_dir, tmp):
 
 def checkpoint_outputs(ckpt, data_dir):
     """Outputs of the model a checkpoint rebuilds into (weights, config and variant as saved)."""
-    import checkpoint
+    from infra import checkpoint
     model = checkpoint.build_model(ckpt, variants.get, "golden checkpoint", dropout=0.0).eval()
     x, y = fixed_batch(data_dir)
     with torch.no_grad():
