@@ -3,7 +3,7 @@
 variant = "bert"
 out_dir = "out-wikitext2-bert"
 dataset = "wikitext2"  # prepare: python data/wikitext103/prepare.py --train <wikitext-2-raw>/wiki.valid.raw
-data_dir = "/tmp/wt2"  #   --val <wikitext-2-raw>/wiki.test.raw --out_dir /tmp/wt2   (see results/foundational.sh)
+data_dir = "/tmp/wt2"  #   --val <wikitext-2-raw>/wiki.test.raw --out_dir /tmp/wt2   (see results/foundational/run.sh)
 device = "cpu"
 compile = False
 eval_interval = 200

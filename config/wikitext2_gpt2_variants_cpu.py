@@ -2,7 +2,7 @@
 # WikiText-2 raw, GPT-2 BPE: trains on wiki.valid, evaluates on wiki.test. Prepare once:
 #   python data/wikitext103/prepare.py --train <wikitext-2-raw>/wiki.valid.raw --val <wikitext-2-raw>/wiki.test.raw \
 #       --out_dir /tmp/wt2
-# OMP_NUM_THREADS=1 python train.py config/wikitext2_gpt2_variants_cpu.py     (results/gpt2_variants.sh runs all)
+# OMP_NUM_THREADS=1 python train.py config/wikitext2_gpt2_variants_cpu.py     (results/gpt2_variants/run.sh runs all)
 # Sized for ~4 minutes of one CPU thread: the 50k-token LM head dominates the cost at this width.
 variant = "gpt"
 out_dir = "out-wikitext2-gpt2-variants-gpt-cpu"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Every number in results/*.md (and the README's summary lines), regenerated: the core results, then each variant family's results file. CPU sizes.
-# Each script prints its tables and says where its outputs went (under /tmp). Total: a few hours on 2 cores, plus about
-# 2.4 h for the three-seed comparison (results/compare.py), which skips the runs already in results/compare/runs.
+# Every number in results/*/report.md (and the README's summary lines), regenerated: the core results, then each
+# variant family's study. Each run.sh prints its tables and says where its outputs went (under /tmp). Total: a few
+# hours on 2 cores, plus about 2.4 h for the three-seed comparison (results/compare/compare.py), which skips the runs
+# already in results/compare/runs.
 set -euo pipefail
 cd "$(dirname "$0")"
-for script in core.sh gpt2_variants.sh adaptive_span.sh layerwise.sh foundational.sh; do
-  echo "=== results/$script"
-  bash "$script"
+for study in core gpt2_variants adaptive_span layerwise foundational; do
+  echo "=== results/$study/run.sh"
+  bash "$study/run.sh"
 done
-echo "=== results/compare.py"
-python compare.py
+echo "=== results/compare/compare.py"
+python compare/compare.py

@@ -1,4 +1,4 @@
-"""results/compare.py end to end on its --mini protocol (tiny shapes, gpt and alibi, 2 seeds, 20 iterations): the
+"""results/compare/compare.py end to end on its --mini protocol (tiny shapes, gpt and alibi, 2 seeds, 20 iterations): the
 table agrees with what the runs logged, a run stopped halfway is resumed exactly, and a second invocation trains
 nothing and rewrites the same table. Plus the table's rules (verdict, NSP/SOP chance) on hand-made logs."""
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "results"))
+sys.path.insert(0, str(REPO / "results" / "compare"))
 import compare  # noqa: E402
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -20,7 +20,7 @@ TIMING = ("dt_ms", "tokens_per_s", "mfu", "eta_s")  # wall-clock fields: the onl
 
 
 def drive(out, *extra):
-    result = subprocess.run([sys.executable, str(REPO / "results" / "compare.py"), "--mini", f"--out={out}",
+    result = subprocess.run([sys.executable, str(REPO / "results" / "compare" / "compare.py"), "--mini", f"--out={out}",
                              "--jobs=4", *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout

@@ -8,7 +8,7 @@ two outputs are merged before the next pair, so the depth is halved and the widt
 
 pair_impl: "sequential" runs the two blocks one after the other; "batched" runs a pair as one computation (weights
 stacked on a leading pair axis, bmm for every Linear, the two attentions as one SDPA call on a doubled batch).
-Both compute the same function from the same parameters; results/gpt2_variants.md says which is faster where.
+Both compute the same function from the same parameters; results/gpt2_variants/report.md says which is faster where.
 With KV caches (generation) the pair always runs sequentially; caches are per block, left then right.
 """
 from dataclasses import dataclass

@@ -1,3 +1,3 @@
-# docs/layerwise.md §1 schedule "half" for bench.py / results/layerwise_bench.py entries (label = file stem)
+# docs/layerwise.md §1 schedule "half" for bench.py / results/layerwise/layerwise_bench.py entries (label = file stem)
 variant = "layerwise"
 schedule = "half"

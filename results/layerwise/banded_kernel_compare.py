@@ -1,6 +1,6 @@
 """Single attention layer, fwd+bwd, T=4096, 12 heads of 64: attention.py's banded kernel next to the layer-wise file's
 first banded kernel (read from git history, commit 06be342^), and causal SDPA. Run from the repo root:
-    OMP_NUM_THREADS=1 python results/banded_kernel_compare.py
+    OMP_NUM_THREADS=1 python results/layerwise/banded_kernel_compare.py
 """
 import subprocess
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from attention import AttnMask, band_block, banded_attention  # noqa: E402
 
 source = subprocess.run(["git", "show", "06be342^:variants/layerwise_window.py"], capture_output=True, text=True,

@@ -1,7 +1,7 @@
 """
 Forward+backward cost per layer-wise schedule at long sequence lengths, for budgets where bench.py is too costly.
 
-    OMP_NUM_THREADS=1 python results/layerwise_bench.py --seq_lens=4096,2048,1024 --reps=2 \
+    OMP_NUM_THREADS=1 python results/layerwise/layerwise_bench.py --seq_lens=4096,2048,1024 --reps=2 \
         --variants=config/bench/layerwise_full.py,config/bench/layerwise_half.py,config/bench/layerwise_quarter.py,config/bench/layerwise_aggressive.py \
         --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304 --bias=True --batch_size=1
 
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import bench  # noqa: E402
-import configurator  # noqa: E402
-import flops  # noqa: E402
-import runtime  # noqa: E402
+from infra import configurator  # noqa: E402
+from infra import flops  # noqa: E402
+from infra import runtime  # noqa: E402
 
 
 def main(argv):
@@ -45,7 +45,7 @@ def main(argv):
         sys.exit(2)
     autocast = runtime.autocast(device, dtype)
     peak = flops.peak_flops(device, dtype)
-    command = "python results/layerwise_bench.py " + " ".join(argv)
+    command = "python results/layerwise/layerwise_bench.py " + " ".join(argv)
     print(f"{command}\ndevice {device}, {dtype}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.1f} "
           f"GFLOP/s; shape {shape}, batch {cfg.batch_size}", flush=True)
     out = Path(cfg.out_dir)

@@ -5,11 +5,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, ".")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 from attention import AttnMask, dense_attention  # noqa: E402
 from objectives import duo_allowed  # noqa: E402
 from variants.duo_predict import duo_code_attention  # noqa: E402

@@ -1,6 +1,6 @@
 """Where the core bench's training step goes (6L/6H/384, block 256, batch 12, fp32 CPU), to explain its MFU, and
 what cached decoding costs per token. Run from the repo root on a quiet machine:
-    python results/core_profile.py
+    python results/core/core_profile.py
 Prints: the step's time by operator (torch.profiler over 3 steps); the throughput of the step's Linear matmuls at
 their own shapes next to the 2048^3 square matmul; causal flash attention forward and forward+backward per layer;
 exact vs tanh GELU on the MLP's activation; batch-1 cached decoding under no_grad vs inference_mode.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import variants  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 

@@ -3,10 +3,11 @@ the difference): forward+backward of run_blocks, repetitions interleaved, median
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, ".")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 import variants  # noqa: E402
 
 spec = variants.get("parallel")

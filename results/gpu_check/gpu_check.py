@@ -1,12 +1,12 @@
-"""Helper of results/gpu_check.sh: each subcommand appends one or more rows (JSON lines) to a rows file, and `table`
+"""Helper of results/gpu_check/run.sh: each subcommand appends one or more rows (JSON lines) to a rows file, and `table`
 prints them as one markdown table.
 
-    python results/gpu_check.py env ROWS
-    python results/gpu_check.py tests ROWS LOG RC WALL
-    python results/gpu_check.py shakespeare ROWS RUN_DIR RC WALL [--plumbing]
-    python results/gpu_check.py bench ROWS BENCH_JSON RC WALL [--plumbing]
-    python results/gpu_check.py flex ROWS [--T 4096 --batch 8 --reps 20]   (times FlexAttention vs causal SDPA)
-    python results/gpu_check.py table ROWS
+    python results/gpu_check/gpu_check.py env ROWS
+    python results/gpu_check/gpu_check.py tests ROWS LOG RC WALL
+    python results/gpu_check/gpu_check.py shakespeare ROWS RUN_DIR RC WALL [--plumbing]
+    python results/gpu_check/gpu_check.py bench ROWS BENCH_JSON RC WALL [--plumbing]
+    python results/gpu_check/gpu_check.py flex ROWS [--T 4096 --batch 8 --reps 20]   (times FlexAttention vs causal SDPA)
+    python results/gpu_check/gpu_check.py table ROWS
 """
 import argparse
 import json
@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 NANOGPT_SHAKESPEARE = 1.4697  # nanoGPT README: best val loss of the GPU recipe, ~3 min on one A100
 NANOGPT_GPT2_MS = 135.0  # nanoGPT README: GPT-2 small, batch 12 x 1024, compiled, per iteration on an A100
 SHAKESPEARE_TOLERANCE = 0.02
 FLEX_FRACTION_OF_IDEAL = 0.8  # the spans' target: measured speedup >= 80 % of the ideal
-SCHEDULES = ("half", "quarter", "aggressive")  # SPEC §3.1 at 12 layers ("full" is causal everywhere)
+SCHEDULES = ("half", "quarter", "aggressive")  # docs/layerwise.md §1 at 12 layers ("full" is causal everywhere)
 SPANS = (128, 512)
 
 

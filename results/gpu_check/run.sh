@@ -12,13 +12,13 @@
 # runs of the same commands and parsers (their numbers mean nothing); it says which steps need CUDA, and exits 0.
 # Every step has a time limit and a failed step becomes a row, never a hang. Exit status: 1 if a step failed or timed
 # out, else 0.
-#   bash results/gpu_check.sh            (outputs under out-gpu-check/, or GPU_CHECK_OUT)
+#   bash results/gpu_check/run.sh            (outputs under out-gpu-check/, or GPU_CHECK_OUT)
 set -u -o pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 OUT=${GPU_CHECK_OUT:-out-gpu-check}
 ROWS="$OUT/rows.jsonl"
-HELP="$PY results/gpu_check.py"
+HELP="$PY results/gpu_check/gpu_check.py"
 # time limits in seconds (sum 465, plus a few seconds of setup: the whole script stays under 8 minutes)
 T_TESTS=${GPU_CHECK_TESTS_S:-140}
 T_SHAKESPEARE=${GPU_CHECK_SHAKESPEARE_S:-185}

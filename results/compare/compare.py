@@ -3,21 +3,23 @@ The comparison protocol (issue 16): every causal variant against `gpt`, and the 
 Shakespeare (characters), at one shape, one token budget and one optimizer recipe, with several seeds each. Then one
 table with error bars and the plots, regenerated from the runs' logs alone.
 
-    python results/compare.py                          # the whole protocol into results/compare
-    python results/compare.py --only=gpt,alibi --jobs=1
-    python results/compare.py --mini                   # a minutes-long miniature into a temporary folder
+    python results/compare/compare.py                  # the whole protocol into results/compare
+    python results/compare/compare.py --only=gpt,alibi --jobs=1
+    python results/compare/compare.py --mini           # a minutes-long miniature into a temporary folder
+    python results/compare/compare.py --report         # train nothing: the table and plots of the runs done
 
 Options: --out=DIR (default results/compare; --mini: a new temporary folder), --jobs=N train.py processes side by
 side (each on one thread), --seeds=N, --iters=N (the budget; the default is the protocol's), --only=LABEL,... (train
-only these; the table still shows every label with finished runs), --mini.
+only these; the table still shows every label with finished runs), --mini, --report.
 
 Each run is `python train.py --key=value...` into <out>/runs/<label>/seed<k>/ (metrics.jsonl, ckpt.pt, train.log,
 wall.jsonl). A run whose metrics.jsonl holds the eval record at max_iters is finished and skipped; one with a ckpt.pt
 continues with --init_from=resume; Ctrl-C (or SIGTERM) checkpoints the running ones (train.py's preemption), so the
 protocol can be spread over several sittings. Afterwards it writes <out>/table.md and table.json, curves.png
 (validation curves against gpt with a seed band), spans.png and spans_<label>_heads.png (adaptive span),
-attention.png and analysis/ (attention entropy and distance per layer of the seed-1 models, analysis.py).
-results/compare_protocol.md says why this scale.
+attention.png and analysis/ (attention entropy and distance per layer of the seed-1 models, tools/analysis.py).
+Paths inside the repository (out_dir, data_dir) are given to train.py and compared relative to the repository root, so
+the committed runs' config.json hold no machine's absolute paths. results/compare/protocol.md says why this scale.
 """
 import argparse
 import json
@@ -32,13 +34,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO.parent / "shared" / "data" / "shakespeare" / "input.txt"
 sys.path.insert(0, str(REPO))  # the table and plots use the repository's modules (imported where needed)
 
 # One recipe for every run. Dropout 0 and no biases for all, so char_gpt (default dropout 0.2) and llama (no biases)
 # differ from gpt only in their architecture; 8 layers is the smallest depth at which the four layer-wise schedules
-# give four different window lists at block 256 (see compare_protocol.md).
+# give four different window lists at block 256 (see protocol.md).
 SHAPE = dict(n_layer=8, n_head=4, n_embd=64, block_size=256, dropout=0.0, bias=False)
 # Checkpoints every 100 steps (and at every eval), so a sitting that ends loses little.
 RECIPE = dict(batch_size=4, learning_rate=1e-3, min_lr=1e-4, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
@@ -95,11 +97,25 @@ def protocol(mini, iters, seeds):
     return {"labels": labels, "seeds": list(range(1, (seeds or (MINI_SEEDS if mini else 3)) + 1)), "common": common}
 
 
+def repo_relative(path):
+    """A path inside the repository as a string relative to its root, any other one absolute. A relative path is
+    taken relative to the root, where train.py runs."""
+    path = (REPO / path).resolve()  # an absolute path stays itself
+    try:
+        return path.relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
+LOCATIONS = ("out_dir", "data_dir")  # compared in their repository-relative form
+
+
 def train_args(proto, label, seed, data_dir, run_dir):
-    """{key: value} of train.py for one run (without init_from/overwrite)."""
+    """{key: value} of train.py for one run (without init_from/overwrite). out_dir and data_dir are relative to the
+    repository root when inside it (train.py runs there), so no checkout's absolute path gets into the run's logs."""
     _, variant, own = proto["labels"][label]
     return {"variant": variant, **own, **proto["common"], "seed": seed, "dataset": "shakespeare_char",
-            "data_dir": str(data_dir), "out_dir": str(run_dir)}
+            "data_dir": repo_relative(data_dir), "out_dir": repo_relative(run_dir)}
 
 
 def as_argv(args):
@@ -127,13 +143,18 @@ def final_eval(records, iters):
 
 def check_same_protocol(run_dir, args):
     """A run on disk must have been started with the keys this invocation would give it (a resumed run with another
-    budget or shape would silently mix two protocols)."""
+    budget or shape would silently mix two protocols). out_dir and data_dir are compared in their repository-relative
+    form, whether config.json holds them relative (the committed runs) or absolute (as train.py records data_dir)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
     for key, value in args.items():
-        if key not in ("out_dir", "data_dir") and saved.get(key) != json.loads(json.dumps(value)):
+        if key in LOCATIONS:
+            same = key not in saved or repo_relative(saved[key]) == repo_relative(value)
+        else:
+            same = saved.get(key) == json.loads(json.dumps(value))
+        if not same:
             sys.exit(f"error: {run_dir} was trained with {key}={saved.get(key)!r}, this protocol asks for {value!r}; "
                      f"use another --out or the same options as before")
 
@@ -373,7 +394,7 @@ def markdown(table):
              f"{p['learning_rate']:g} (warmup {p['warmup_iters']}, cosine to {p['min_lr']:g}), beta2 {p['beta2']}, "
              f"weight decay {p['weight_decay']}, grad clip {p['grad_clip']}, dropout {p['dropout']}; seeds "
              f"{', '.join(map(str, p['seeds']))}. Each eval: {p['eval_iters']} batches per split. Generated by "
-             f"results/compare.py from the runs' logs.", ""]
+             f"results/compare/compare.py from the runs' logs.", ""]
     causal = {k: v for k, v in rows.items() if k not in ENCODERS}
     if causal:
         lines += ["## Causal variants against gpt", "",
@@ -485,7 +506,7 @@ def plot_spans(proto, out, labels):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import checkpoint
+    from infra import checkpoint
     import variants
     from adaptive_attention_span import plot_spans as plot_heads
     iters, n_layer = proto["common"]["max_iters"], proto["common"]["n_layer"]
@@ -512,7 +533,7 @@ def plot_spans(proto, out, labels):
 
 
 def attention_analysis(proto, out, labels):
-    """analysis.py on the seed-1 model of every causal label (entropy and mean attention distance per layer, mask
+    """tools/analysis.py on the seed-1 model of every causal label (entropy and mean attention distance per layer, mask
     statistics), into <out>/analysis, then one panel per family against gpt in attention.png. analysis.json is
     redone only when a checkpoint is newer or a label is missing; without the checkpoints (only the logs kept) the
     existing analysis.json is plotted."""
@@ -526,10 +547,15 @@ def attention_analysis(proto, out, labels):
                                                         ckpt[l].stat().st_mtime > result.stat().st_mtime)]
     have = [l for l in labels if ckpt[l].is_file()]
     if stale and have:
-        import analysis
+        from tools import analysis
         cfg = analysis.AnalysisConfig(out_dir=str(out / "analysis"), batch_size=4, crop=0)  # crop=0: no heatmaps
-        analysis.run([ckpt[l] for l in have], have, cfg, "results/compare.py: analysis.run on the seed-1 checkpoints")
-        reports = json.loads(result.read_text())["reports"]
+        analysis.run([ckpt[l] for l in have], have, cfg,
+                     "results/compare/compare.py: analysis.run on the seed-1 checkpoints")
+        # analysis.json records where it went: relative to the repository root, as the runs' config.json
+        saved = json.loads(result.read_text())
+        saved["config"]["out_dir"] = repo_relative(saved["config"]["out_dir"])
+        result.write_text(json.dumps(saved, indent=1) + "\n")
+        reports = saved["reports"]
     labels = [l for l in labels if l in reports]
     if not labels:
         return

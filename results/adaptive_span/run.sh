@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduces results/adaptive_span.md from scratch: byte-level data from WikiText-2 raw (valid + test), the three small
+# Reproduces results/adaptive_span/report.md from scratch: byte-level data from WikiText-2 raw (valid + test), the three small
 # CPU twins at the same iterations, then the attention benchmark at block 1024. Everything runs on 1 thread.
-# usage: results/adaptive_span.sh [SHARED_DATA_DIR]   (default ../shared/data beside the checkout)
+# usage: results/adaptive_span/run.sh [SHARED_DATA_DIR]   (default ../shared/data beside the checkout)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 SHARED=${1:-../shared/data}
 WORK=${WORK:-/tmp/adaptive_span_results}
 export OMP_NUM_THREADS=1
@@ -36,7 +36,8 @@ EOF
 # 2b. bpc of each final checkpoint over the whole val split (non-overlapping block_size windows)
 python - "$WORK" <<'EOF'
 import math, sys, numpy as np, torch, torch.nn.functional as F
-import checkpoint, variants
+import variants
+from infra import checkpoint
 work = sys.argv[1]
 for v in ("baseline", "span_only", "span_periodic"):
     model = checkpoint.build_model(checkpoint.load(f"{work}/run_{v}/ckpt.pt"), variants.get).eval()

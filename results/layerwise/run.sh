@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce results/layerwise.md from scratch: TinyStories from-scratch runs per schedule, attention analysis for
+# Reproduce results/layerwise/report.md from scratch: TinyStories from-scratch runs per schedule, attention analysis for
 # full vs aggressive, and the 12L/768 forward+backward cost per schedule at T = 4096, 2048, 1024 (one CPU thread).
 # Needs ../shared/data (TinyStories subsets) and ../shared/tiktoken_cache beside the repo. Outputs go to /tmp.
 # Time on one contended CPU thread: ~25 min of training, ~30 min of benchmark.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 SHARED=${SHARED:-../shared}
 export TIKTOKEN_CACHE_DIR=$SHARED/tiktoken_cache OMP_NUM_THREADS=1
 OUT=${OUT:-/tmp/layerwise_results}
@@ -32,16 +32,16 @@ for s in ("full", "half", "quarter", "aggressive"):
 EOF
 
 # 3. attention analysis (dense reference path), full vs aggressive
-python analysis.py --ckpt="$OUT/ts_lw_full,$OUT/ts_lw_aggressive" --labels=full,aggressive --data_dir="$OUT/ts" \
+python tools/analysis.py --ckpt="$OUT/ts_lw_full,$OUT/ts_lw_aggressive" --labels=full,aggressive --data_dir="$OUT/ts" \
   --batch_size=8 --out_dir="$OUT/analysis"
 
 # 4. forward+backward cost per schedule, GPT-2 small shape, batch 1 (bench.py's entries and helpers)
-python results/layerwise_bench.py --seq_lens=4096,2048,1024 --reps=1 --warmup=0 \
+python results/layerwise/layerwise_bench.py --seq_lens=4096,2048,1024 --reps=1 --warmup=0 \
   --variants=config/bench/layerwise_full.py,config/bench/layerwise_half.py,config/bench/layerwise_quarter.py,config/bench/layerwise_aggressive.py \
   --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304 --bias=True --batch_size=1 --out_dir="$OUT/bench"
 cat "$OUT/bench/bench.md"
 # run C: full vs aggressive at T=4096, three interleaved repetitions (the decisive speedup number)
-python results/layerwise_bench.py --seq_lens=4096 --reps=3 --warmup=0 \
+python results/layerwise/layerwise_bench.py --seq_lens=4096 --reps=3 --warmup=0 \
   --variants=config/bench/layerwise_aggressive.py,config/bench/layerwise_full.py --baseline=layerwise_full \
   --n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304 --bias=True --batch_size=1 --out_dir="$OUT/bench_c"
 cat "$OUT/bench_c/bench.md"

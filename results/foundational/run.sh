@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce results/foundational.md from scratch: prepare WikiText-2 raw (train = wiki.valid, held-out = wiki.test)
+# Reproduce results/foundational/report.md from scratch: prepare WikiText-2 raw (train = wiki.valid, held-out = wiki.test)
 # into /tmp/wt2, train the three small encoders and the LLaMA / GPT pair on one CPU thread each, print the tables.
-# Usage: bash results/foundational.sh [runs_dir]   (about 35 minutes of one thread on the shared 2-core machine)
+# Usage: bash results/foundational/run.sh [runs_dir]   (about 35 minutes of one thread on the shared 2-core machine)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS=${1:-/tmp/foundational}
 RAW=../shared/data/wikitext/wikitext-2-raw
 export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$(cd .. && pwd)/shared/tiktoken_cache}
@@ -51,7 +51,7 @@ PY
 python bench.py --variants=gpt,config/bench/llama_swiglu344.py --n_layer=4 --n_head=4 --n_embd=128 --block_size=128 \
     --vocab_size=50304 --batch_size=4 --reps=7 --gen_tokens=0 --out_dir="$RUNS/bench" > "$RUNS/bench.log" 2>&1
 python - "$RUNS" <<'PY'
-"""Print the tables of results/foundational.md from the run directories written by results/foundational.sh."""
+"""Print the tables of results/foundational/report.md from the run directories written by results/foundational/run.sh."""
 import json
 import re
 import statistics

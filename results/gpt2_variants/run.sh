@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Reproduce results/gpt2_variants.md from scratch: WikiText-2 raw (wiki.valid as train, wiki.test as val, GPT-2 BPE)
-# into /tmp/wt2, then the small CPU twins of the baseline and of each SPEC §1 variant at the same iterations, seed
+# Reproduce results/gpt2_variants/report.md from scratch: WikiText-2 raw (wiki.valid as train, wiki.test as val, GPT-2 BPE)
+# into /tmp/wt2, then the small CPU twins of the baseline and of each docs/gpt2_variants.md variant at the same iterations, seed
 # and ORIGINAL tokens per step, each on ONE thread; prints the table. About 35 minutes of one thread in all.
-#   bash results/gpt2_variants.sh            (from the repo root; RUNS="gpt duo_predict" to run a subset)
+#   bash results/gpt2_variants/run.sh            (from the repo root; RUNS="gpt duo_predict" to run a subset)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 SHARED=${SHARED:-../shared}
 OUT=${OUT:-/tmp/gpt2_variants}
 export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$SHARED/tiktoken_cache} OMP_NUM_THREADS=1
@@ -33,7 +33,8 @@ done
 python - "$OUT" $RUNS <<'PY'
 import json, statistics, sys
 from pathlib import Path
-import checkpoint, variants
+import variants
+from infra import checkpoint
 out, runs = Path(sys.argv[1]), sys.argv[2:]
 print("| run | params (non-wpe) | val ppl (next token) | val acc | duo mask-stream loss | train tok/s (1 thread, median) | wall s |")
 print("|---|---|---|---|---|---|---|")
@@ -48,6 +49,6 @@ for run in runs:
 PY
 
 echo; echo "== parallel pair implementations (block stack fwd+bwd, 1 thread)"
-python results/gpt2_variants_pair_timing.py
+python results/gpt2_variants/gpt2_variants_pair_timing.py
 echo; echo "== duo-predict attention paths (fwd+bwd, 1 thread)"
-python results/gpt2_variants_duo_timing.py
+python results/gpt2_variants/gpt2_variants_duo_timing.py

@@ -2,7 +2,7 @@
 the final val loss must agree to 4 decimals, the step times must agree within noise.
 
     git worktree add /tmp/before <commit>
-    python results/side_by_side.py --other=/tmp/before --data_dir=/tmp/shakespeare_char --reps=3
+    python results/core/side_by_side.py --other=/tmp/before --data_dir=/tmp/shakespeare_char --reps=3
 
 --data_dir holds tiny Shakespeare prepared by data/shakespeare_char/prepare.py (both checkouts read the same files).
 Prints one table and writes side_by_side.json into --out_dir.
@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[2]
 
 
 def train(repo, data_dir, out_dir):

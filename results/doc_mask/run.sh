@@ -2,9 +2,9 @@
 # Document-aware training (train.py --doc_mask=True) against plain packed training, same model, data, budget and
 # seeds, on the shared TinyStories subsets. Each checkpoint is evaluated both ways (val loss with and without the
 # document mask), so neither run is scored only under its own rule. CPU, about 20 minutes on 2 cores.
-#   bash results/doc_mask.sh [RUNS_DIR]
+#   bash results/doc_mask/run.sh [RUNS_DIR]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RUNS="${1:-/tmp/doc_mask}"
 SHARED="$(cd .. && pwd)/shared/data/tinystories"
 mkdir -p "$RUNS"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce results/core.md's numbers: the CPU recipe on tiny Shakespeare (val loss, wall time), the baseline bench
+# Reproduce results/core/report.md's numbers: the CPU recipe on tiny Shakespeare (val loss, wall time), the baseline bench
 # at 6L/384d/block 256/batch 12 (MFU eager and compiled, cached vs uncached generation), and one bench over every
 # registered variant at a shared small shape. Uses every core (no OMP_NUM_THREADS cap) and wants a quiet machine.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 SHARED=${SHARED:-../shared}
 OUT=${OUT:-/tmp/core_results}
 mkdir -p "$OUT"
@@ -24,4 +24,4 @@ python bench.py --variants=all --n_layer=4 --n_head=4 --n_embd=128 --block_size=
   --vocab_size=512 --gen_tokens=100 --out_dir="$OUT/bench_all"
 
 # 4. where the step's time goes (explains the MFU) and batch-1 decoding cost per token
-python results/core_profile.py
+python results/core/core_profile.py
