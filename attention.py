@@ -136,13 +136,19 @@ def dense_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None, return_w
     return (y, weights) if return_weights else y
 
 
-def sdpa_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None, flex=True):
+def auto_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None):
+    """The default kernel (attn_impl="auto"): the fastest exact one for each call. On CUDA the masks use_flex names go
+    to flex_attention, which skips the tiles they never reach; everything else, and everything on CPU, to
+    sdpa_attention."""
+    if use_flex(q, mask, dropout_p):
+        return flex_attention(q, k, v, mask, scale=scale)
+    return sdpa_attention(q, k, v, mask, dropout_p, scale)
+
+
+def sdpa_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None):
     """Fused scaled-dot-product attention. Plain causal goes to flash-style kernels with no mask tensor; a causal
     mask of limited reach (window, span) over a whole sequence goes to banded_attention, whose cost is
-    O(T * (block + reach)) instead of O(T^2); anything else gets an explicit mask. On CUDA (flex=True), the masks
-    use_flex names go to flex_attention, which skips the tiles they never reach."""
-    if flex and use_flex(q, mask, dropout_p):
-        return flex_attention(q, k, v, mask, scale=scale)
+    O(T * (block + reach)) instead of O(T^2); anything else gets an explicit mask."""
     Tq, Tk = q.size(-2), k.size(-2)
     if mask.is_plain_causal() and mask.q_offset == Tk - Tq:
         # is_causal aligns the last query with the last key (top-left alignment is only right for Tq == Tk)
@@ -227,9 +233,9 @@ def banded_attention(q, k, v, mask, reach, block, dropout_p=0.0, scale=None):
 
 
 # FlexAttention ------------------------------------------------------------------------------------------------------
-FLEX_NO_CPU_BACKWARD = "attn_impl='flex' has no backward on CPU (torch FlexAttention); train with --attn_impl=sdpa"
+FLEX_NO_CPU_BACKWARD = "attn_impl='flex' has no backward on CPU (torch FlexAttention); train with --attn_impl=auto"
 FLEX_NO_DROPOUT = ("attn_impl='flex' has no attention dropout (torch FlexAttention); train with --dropout=0 or "
-                   "--attn_impl=sdpa")
+                   "--attn_impl=auto")
 BLOCK_MASK_CACHE = 64  # tensor-free patterns kept (a model has a few: one per window or reach, and per length)
 _block_masks = OrderedDict()  # (pattern, lengths, device) -> BlockMask, least recently used dropped first
 _FLEX = {"kernel": None, "tensors": None}  # the compiled CUDA kernel; (tensors, versions, {pattern: BlockMask})
@@ -271,7 +277,7 @@ def own_pattern(mask):
 
 
 def use_flex(q, mask, dropout_p=0.0):
-    """Whether sdpa_attention hands a call to FlexAttention: on CUDA, without attention dropout (Flex has none), when
+    """Whether auto_attention hands a call to FlexAttention: on CUDA, without attention dropout (Flex has none), when
     flex_pays. CPU stays on SDPA (Flex has no backward there)."""
     return q.is_cuda and not dropout_p and flex_pays(mask, q.size(-2))
 
@@ -379,7 +385,7 @@ def flex_attention(q, k, v, mask: AttnMask, dropout_p=0.0, scale=None):
     return kernel(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
 
-KERNELS = {"sdpa": sdpa_attention, "flex": flex_attention, "dense": dense_attention}
+KERNELS = {"auto": auto_attention, "sdpa": sdpa_attention, "flex": flex_attention, "dense": dense_attention}
 
 
 def share_kv_heads(t, n_head):

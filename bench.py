@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from infra import configurator, flops, memory, runtime
+from infra import configurator, flops, markdown, memory, runtime
 import variants
 from attention import share_kv_heads
 
@@ -257,6 +257,8 @@ def read_config(argv):
             [cfg.seq_lens] if isinstance(cfg.seq_lens, int) else cfg.seq_lens)
         if cfg.reps < 2 or cfg.latency_reps < 1 or cfg.gen_reps < 1 or min(seq_lens) < 2:
             raise configurator.ConfigError("reps must be >= 2, latency_reps and gen_reps >= 1, every seq_len >= 2")
+        if cfg.warmup < 0 or cfg.gen_tokens < 0:
+            raise configurator.ConfigError(f"warmup and gen_tokens must be >= 0, got {cfg.warmup} and {cfg.gen_tokens}")
         if min(cfg.batch_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size) < 1:
             raise configurator.ConfigError("batch_size, n_layer, n_head, n_embd and vocab_size must be >= 1")
         baseline = cfg.baseline or entries[0][0]
@@ -346,26 +348,29 @@ def flop_counter_checks(entries, shape, T, device):
 
 
 def markdown_table(results, flop_checks, gen, baseline, cfg):
-    head = (f"| entry | mode | T | params | GFLOP/token fwd | fwd ms | fwd+bwd ms (IQR) | tokens/s | MFU "
-            f"| latency p50/p95/p99 ms (batch 1) | peak mem MB | speedup vs {baseline}: ideal / measured |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    head = ["entry", "mode", "T", "params", "GFLOP/token fwd", "fwd ms", "fwd+bwd ms (IQR)", "tokens/s", "MFU",
+            "latency p50/p95/p99 ms (batch 1)", "peak mem MB", f"speedup vs {baseline}: ideal / measured"]
+    rows = []
     for r in results:
         fb, lat = r["fwd_bwd_s"], r["latency_s"]
-        lines.append(
-            f"| {r['label']} | {r['mode']} | {r['T']} | {r['params'] / 1e6:.2f}M | {r['flops_per_token'] / 1e9:.4f} "
-            f"| {r['fwd_s']['median'] * 1e3:.1f} | {fb['median'] * 1e3:.1f} ({fb['q1'] * 1e3:.1f}-{fb['q3'] * 1e3:.1f}) "
-            f"| {r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% "
-            f"| {lat['p50'] * 1e3:.1f} / {lat['p95'] * 1e3:.1f} / {lat['p99'] * 1e3:.1f} "
-            f"| {(r['peak_memory_bytes'] or 0) / 2**20:.0f} | {r['speedup']['ideal']:.2f}x / {r['speedup']['measured']:.2f}x |")
+        rows.append([r["label"], r["mode"], r["T"], f"{r['params'] / 1e6:.2f}M", f"{r['flops_per_token'] / 1e9:.4f}",
+                     f"{r['fwd_s']['median'] * 1e3:.1f}",
+                     f"{fb['median'] * 1e3:.1f} ({fb['q1'] * 1e3:.1f}-{fb['q3'] * 1e3:.1f})",
+                     f"{r['tokens_per_s']:,.0f}", f"{r['mfu'] * 100:.1f}%",
+                     f"{lat['p50'] * 1e3:.1f} / {lat['p95'] * 1e3:.1f} / {lat['p99'] * 1e3:.1f}",
+                     f"{(r['peak_memory_bytes'] or 0) / 2**20:.0f}",
+                     f"{r['speedup']['ideal']:.2f}x / {r['speedup']['measured']:.2f}x"])
     T = next(iter(flop_checks.values()))["T"]
-    lines += ["", f"| entry | FlopCounterMode / analytic FLOPs (dense reference path, T={T}) |", "|---|---|"]
-    lines += [f"| {label} | {c['counted'] / c['analytic']:.4f} |" for label, c in flop_checks.items()]
+    parts = [markdown.table(head, rows), "", markdown.table(
+        ["entry", f"FlopCounterMode / analytic FLOPs (dense reference path, T={T})"],
+        [[label, f"{c['counted'] / c['analytic']:.4f}"] for label, c in flop_checks.items()])]
     if gen:
-        lines += ["", f"| entry | greedy generation (batch 1) | cached s | uncached s (medians of {cfg.gen_reps}) | speedup "
-                  "| same tokens |", "|---|---|---|---|---|---|"]
-        lines += [f"| {label} | {g['new_tokens']} new tokens | {g['cached_s']:.3f} | {g['uncached_s']:.3f} "
-                  f"| {g['speedup']:.1f}x | {'yes' if g['identical'] else 'NO'} |" for label, g in gen.items()]
-    return "\n".join(lines)
+        parts += ["", markdown.table(
+            ["entry", "greedy generation (batch 1)", "cached s", f"uncached s (medians of {cfg.gen_reps})", "speedup",
+             "same tokens"],
+            [[label, f"{g['new_tokens']} new tokens", f"{g['cached_s']:.3f}", f"{g['uncached_s']:.3f}",
+              f"{g['speedup']:.1f}x", "yes" if g["identical"] else "NO"] for label, g in gen.items()])]
+    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -398,18 +403,7 @@ def plan_table(rows):
             "total GiB", "max micro-batch"]
     cells = [[r.parallelism, "on" if r.activation_checkpointing else "off", gib(r.params), gib(r.grads),
               gib(r.optim), gib(r.per_sequence), gib(r.total), str(r.max_micro_batch)] for r in rows]
-    return markdown(head, cells, left=2)
-
-
-def markdown(head, cells, left=1):
-    """A markdown table, its first `left` columns (labels) left-aligned and the numbers right-aligned."""
-    widths = [max(len(row[i]) for row in [head, *cells]) for i in range(len(head))]
-
-    def line(row):
-        return "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)
-                                 for i, (c, w) in enumerate(zip(row, widths))) + " |"
-
-    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+    return markdown.table(head, cells, labels=2)
 
 
 def preset_configs():
@@ -438,7 +432,7 @@ def presets_table(cfg):
                       gib(at.total), str(at.max_micro_batch), "yes" if ddp.max_micro_batch else "no"])
     head = ["preset", "params", "block", f"min {cfg.gpu_gb:g} GiB GPUs (FSDP)", "per-rank GiB (batch 1)",
             "max micro-batch there", "fits one GPU (DDP)"]
-    return markdown(head, cells)
+    return markdown.table(head, cells, labels=1)
 
 
 def read_plan_args(argv):

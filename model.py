@@ -7,7 +7,7 @@ lists them). Masks, attention kernels and KV caches live in attention.py; what a
 trained to predict live in objectives.py.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -25,11 +25,15 @@ class GPTConfig:
     n_embd: int = 768  # model width
     dropout: float = 0.0  # on embeddings, attention weights and residual branches (training only)
     bias: bool = True  # biases in Linears and LayerNorms, as GPT-2
-    attn_impl: str = "sdpa"  # "sdpa" (fast; Flex on CUDA for masks it cuts), "flex" (no CPU training), "dense" (reference)
+    attn_impl: str = "auto"  # "auto": fastest exact kernel per mask and device; "sdpa", "flex", "dense" force one
     hidden_act: str = "gelu"  # "gelu" (exact, as nanoGPT; 2-3x cheaper on CPU) or "gelu_tanh" (GPT-2's own, for its weights)
 
     def validate(self):
         """Raise ValueError naming the first inconsistent field. Variants extend this."""
+        for f in fields(self):  # nan and inf pass the range checks below; no float field means either
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -275,7 +279,9 @@ def sample_next(logits, temperature, top_k, generator=None, vocab_size=None):
         logits = logits[:, :vocab_size]
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature  # finite for any temperature > 0
+    # the best logit becomes 0 and the others <= 0 (-inf at a tiny temperature: greedy); a temperature below float32's
+    # smallest normal would round to 0 in the division and give 0/0
+    logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, torch.finfo(logits.dtype).tiny)
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))

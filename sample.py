@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from infra import checkpoint, configurator, runtime, scaling
+from infra import checkpoint, configurator, hf_import, loader, runtime
 from infra.runtime import fail
 import variants
 from data.common import DataError, get_tokenizer
@@ -42,13 +42,10 @@ class SampleConfig:
 def load_model(cfg):
     """(model, its objective, tokenizer) from a checkpoint of ours or from Hugging Face GPT-2 weights."""
     if cfg.init_from == "resume":
-        path = scaling.checkpoint_at(Path(cfg.out_dir) / cfg.ckpt)  # ckpt.pt, or the folder ckpt of an FSDP run
-        ckpt = scaling.load_checkpoint(path, optimizer=False)
-        model = checkpoint.build_model(ckpt, variants.get, path, dropout=0.0)
-        meta = ckpt.get("data_meta")
-        if meta is None:
-            raise checkpoint.CheckpointError(f"{path} records no data meta, so its tokenizer is unknown")
-        return model, variants.get(ckpt["variant"]).objective, get_tokenizer(meta)
+        opened = loader.open_model(Path(cfg.out_dir) / cfg.ckpt, variants.get, dropout=0.0)
+        if opened.meta is None:
+            raise checkpoint.CheckpointError(f"{opened.path} records no data meta, so its tokenizer is unknown")
+        return opened.model, opened.objective, get_tokenizer(opened.meta)
     gpt = variants.get("gpt")
     model = gpt.model_class.from_pretrained(cfg.init_from)
     return model, gpt.objective, get_tokenizer({"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256})
@@ -88,7 +85,8 @@ def fill(model, objective, tok, text, cfg):
 def read_config(argv):
     try:
         cfg, _, _ = configurator.resolve(argv, SampleConfig)
-        if cfg.num_samples < 1 or cfg.max_new_tokens < 0 or cfg.temperature < 0:
+        hf_import.check_init_from(cfg.init_from, ("resume",))
+        if cfg.num_samples < 1 or cfg.max_new_tokens < 0 or not cfg.temperature >= 0:  # nan fails >=
             raise configurator.ConfigError("num_samples must be >= 1, max_new_tokens >= 0 and temperature >= 0")
         if cfg.top_k is not None and cfg.top_k < 1:
             raise configurator.ConfigError(f"top_k must be >= 1 or None, got {cfg.top_k}")

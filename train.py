@@ -12,7 +12,6 @@ preemption checkpoint where torchrun exits 1):
 Every key of config files and --key=value overrides is checked (see configurator.py). The resolved config is printed
 and written to out_dir/config.json; metrics go to out_dir/metrics.jsonl (plot them with plot.py).
 """
-import difflib
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from torch.distributed import init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import attention
-from infra import checkpoint, configurator, flops, memory, runtime, scaling
+from infra import checkpoint, configurator, flops, hf_import, memory, rundir, runtime, scaling
 from infra.runtime import fail
 import variants
 from data.common import DataError, check_same_vocabulary, load_meta, open_split
@@ -329,22 +328,6 @@ def setup_distributed(cfg, device):
     return ranks, device
 
 
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
-
-def check_init_from(init_from):
-    """ConfigError unless init_from is scratch, resume, an existing directory or a GPT-2 name: anything else would be
-    taken as a Hugging Face hub name and fail only after minutes of network retries."""
-    names = [*GPT2_NAMES, *(f"openai-community/{n}" for n in GPT2_NAMES)]
-    if init_from in ("scratch", "resume", *names) or os.path.isdir(init_from):
-        return
-    close = difflib.get_close_matches(init_from, ["scratch", "resume", *names], n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise configurator.ConfigError(
-        f"init_from={init_from!r} is not scratch, resume, an existing directory (Hugging Face weights) or a GPT-2 name "
-        f"({', '.join(GPT2_NAMES)}, optionally prefixed openai-community/){hint}")
-
-
 def pretrained_tokenizer(init_from):
     """"gpt2" when pretrained weights read GPT-2 BPE ids (a GPT-2 name, or a directory of a GPT-2 model with that
     vocabulary), else None (unknown: only the vocabulary size can be checked)."""
@@ -363,7 +346,10 @@ def read_config(argv):
         cfg, model_cfg, explicit = configurator.resolve(argv, TrainConfig, lambda name: variants.get(name).config_class,
                                                          validate_model=False)
         cfg.validate()
-        check_init_from(cfg.init_from)
+        hf_import.check_init_from(cfg.init_from, ("scratch", "resume"))
+        if cfg.eval_only and cfg.init_from == "scratch":
+            raise configurator.ConfigError("eval_only=True evaluates a trained model: give --init_from=resume (or "
+                                           "pretrained weights), not a freshly initialised one")
         if cfg.init_from == "scratch":  # otherwise the checkpoint or the pretrained weights set the architecture
             model_cfg.validate()
         runtime.resolve(cfg.device, cfg.dtype)
@@ -386,13 +372,43 @@ def read_config(argv):
     return cfg, model_cfg, explicit, data_dir, meta
 
 
-def build_from_scratch(cfg, model_cfg, explicit, variant, meta, ckpt_path):
-    found = scaling.checkpoint_at(ckpt_path)
-    if (found.exists() or scaling.is_sharded_checkpoint(found)) and not cfg.overwrite and not cfg.eval_only:
+def refuse_to_mix_runs(cfg, out_dir):
+    """A new run (scratch or pretrained weights) in an out_dir that holds another run's checkpoint: exit 2 unless
+    --overwrite (then claim_out_dir retires that run) or eval_only (which writes no checkpoint)."""
+    if cfg.init_from == "resume" or cfg.overwrite or cfg.eval_only:
+        return
+    found = scaling.checkpoint_at(Path(out_dir) / "ckpt.pt")
+    if found.exists() or scaling.is_sharded_checkpoint(found):
         fail(f"{found} exists; use --init_from=resume to continue that run or --overwrite=True to start over", 2)
+
+
+def claim_out_dir(cfg, out_dir, start=False):
+    """Hold out_dir for this run (rundir.claim: one line naming the holder's PID when another process has it). With
+    start (every check passed, nothing written yet), a new run checks again that no other run finished there
+    meanwhile, and --overwrite retires the earlier run's records, checkpoints and config together."""
+    try:
+        rundir.claim(out_dir)
+    except (runtime.Unavailable, OSError) as e:
+        fail(e)
+    if start:
+        refuse_to_mix_runs(cfg, out_dir)
+        if cfg.overwrite and cfg.init_from != "resume" and not cfg.eval_only:
+            rundir.retire(out_dir)
+
+
+def build_from_scratch(cfg, model_cfg, explicit, variant, meta, ckpt_path):
+    refuse_to_mix_runs(cfg, ckpt_path.parent)
     if "vocab_size" not in explicit:
         model_cfg.vocab_size = variant.objective.vocab_size(meta["vocab_size"])
-    return variant.build(model_cfg)
+    try:
+        return variant.build(model_cfg)
+    except (RuntimeError, MemoryError) as e:
+        if not runtime.out_of_memory(e):
+            raise
+        with torch.device("meta"):  # the same model without storage, to say how large it is
+            n = variant.build(model_cfg).num_params(False)
+        fail(f"cannot allocate the model: {n:,} parameters need {n * 4 / 2**30:.1f} GiB in float32 (before gradients "
+             f"and optimizer state); `python bench.py plan` shows what fits where")
 
 
 def build_from_checkpoint(cfg, requested, explicit, meta, data_dir, ckpt_path):
@@ -413,7 +429,9 @@ def build_from_checkpoint(cfg, requested, explicit, meta, data_dir, ckpt_path):
             fail(f"{key}={getattr(requested, key)!r} differs from the checkpoint's {saved[key]!r}", 2)
     try:
         check_same_vocabulary(ckpt.get("data_meta") or {}, meta, ckpt_path, data_dir)
-    except DataError as e:
+        # the settings a resume may change, checked with the saved architecture they join
+        type(requested)(**{**saved, "dropout": requested.dropout, "attn_impl": requested.attn_impl}).validate()
+    except (DataError, TypeError, ValueError) as e:
         fail(e, 2)
     model = checkpoint.build_model(ckpt, variants.get, ckpt_path, weights="sharded_path" not in ckpt,
                                    dropout=requested.dropout, attn_impl=requested.attn_impl)
@@ -430,6 +448,7 @@ def build_model(cfg, model_cfg, explicit, meta, data_dir, ckpt_path):
             return build_from_checkpoint(cfg, model_cfg, explicit, meta, data_dir, ckpt_path)
         if not hasattr(variant.model_class, "from_pretrained"):
             fail(f"variant {cfg.variant!r} cannot load pretrained weights (init_from={cfg.init_from!r})", 2)
+        refuse_to_mix_runs(cfg, ckpt_path.parent)
         if pretrained_tokenizer(cfg.init_from) == "gpt2" and meta["tokenizer"] != "gpt2":
             fail(f"init_from={cfg.init_from!r} holds GPT-2 weights, whose ids are GPT-2 BPE tokens, but {data_dir} is "
                  f"{meta['tokenizer']}-tokenized; prepare GPT-2 BPE data (data/tinystories, data/wikitext103)", 2)
@@ -466,8 +485,10 @@ class Trainer:
         self.dtype, self.autocast = dtype, nullcontext() if mixed else runtime.autocast(device, dtype)
         self.sampler = BatchSampler(data_dir, meta, model.config.block_size, cfg.batch_size, cfg.seed, device)
         self.raw_model = model
-        if ranks.master:
-            write_run_config(self.out_dir, resolved)
+        if ranks.master:  # a new directory is created and held only now that every check has passed
+            claim_out_dir(cfg, self.out_dir, start=True)
+            if not cfg.eval_only:  # an evaluation changes nothing about the run
+                write_run_config(self.out_dir, resolved)
             tokens_per_iter = cfg.gradient_accumulation_steps * cfg.batch_size * model.config.block_size
             print(f"variant {cfg.variant}: {model.num_params() / 1e6:.2f}M parameters; {tokens_per_iter:,} tokens/iter")
         if self.sharded:  # FSDP2 moves each rank's shards to the device, compiling block by block with compile=True
@@ -714,6 +735,8 @@ def main(argv):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     out_dir = Path(cfg.out_dir)
+    if ranks.master and out_dir.is_dir():  # the checks below then see a directory no other process writes
+        claim_out_dir(cfg, out_dir)
     model, ckpt = build_model(cfg, model_cfg, explicit, meta, data_dir, out_dir / "ckpt.pt")
     model_cfg = model.config
     if meta["vocab_size"] > model_cfg.vocab_size:
@@ -736,7 +759,15 @@ def main(argv):
         fail(e)
     # a checkpoint written right after an eval need not repeat it on resume (unless evaluating is the point)
     skip_eval_at = trainer.iter_num if ckpt is not None and ckpt.get("eval_done") and not cfg.eval_only else None
-    if trainer.train(preemption, skip_eval_at):
+    try:
+        stopped = trainer.train(preemption, skip_eval_at)
+    except (RuntimeError, MemoryError) as e:
+        if not runtime.out_of_memory(e):
+            raise
+        fail(f"out of memory in a training step: batch_size={cfg.batch_size} x block_size={model_cfg.block_size} "
+             f"with {trainer.raw_model.num_params(False):,} parameters on {device}; lower batch_size or block_size "
+             f"(`python bench.py plan` estimates what fits)")
+    if stopped:
         trainer.preempted(preemption.signal)
     if ranks.ddp:
         trainer.log.close()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import urllib.request
 from pathlib import Path
@@ -49,6 +50,36 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def pid_alive(pid) -> bool:
+    """Whether a process with this id runs on this machine (one owned by another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, ValueError):  # no process can have this id
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(directory, pattern) -> None:
+    """Delete the files and folders in directory whose name fully matches the regex pattern (group 1: the writer's
+    pid) and whose writer no longer runs: what killed writers left. Those of running writers, and of this process,
+    stay. Every writer of a target calls this first, so leftovers live only until the target's next write."""
+    try:
+        entries = list(Path(directory).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for p in entries:
+        m = re.fullmatch(pattern, p.name)
+        if m and int(m[1]) != os.getpid() and not pid_alive(int(m[1])):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def write_dataset(out_dir, splits: dict[str, np.ndarray], meta: dict) -> None:
@@ -82,6 +113,7 @@ def write_dataset(out_dir, splits: dict[str, np.ndarray], meta: dict) -> None:
     _check_meta(meta, "write_dataset meta")
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(out_dir, r".+\.tmp-(\d+)")
     tag = f".tmp-{os.getpid()}"
     pending = []  # (temp path, final path), meta.json last
     try:
@@ -379,6 +411,7 @@ def download(url: str, dest) -> Path:
     from tqdm import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(dest.parent, re.escape(dest.name) + r"\.tmp-(\d+)")
     tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:

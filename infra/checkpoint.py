@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from data.common import fsync_dir
+from data.common import fsync_dir, remove_dead_temporaries
 
 
 FORMAT_VERSION = 2
@@ -28,34 +28,13 @@ class CheckpointError(ValueError):
     pass
 
 
-def _pid_alive(pid):
-    """Whether a process with this id runs on this machine (one owned by another user counts as running)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, ValueError):  # no process can have this id
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(path, name_pattern=None):
     """Delete the temporary files (.<name>.tmp<pid>, .<name>.link<pid>) that writers of path, or of every file whose
     name fully matches the regex name_pattern, left behind when they died: those whose pid no longer runs. Files of
     running writers, and of this process, stay."""
     path = Path(path)
     name = re.escape(path.name) if name_pattern is None else f"(?:{name_pattern})"
-    temp = re.compile(rf"\.{name}\.(?:tmp|link)(\d+)")
-    try:
-        entries = list(path.parent.iterdir())
-    except FileNotFoundError:
-        return
-    for p in entries:
-        m = temp.fullmatch(p.name)
-        if m and int(m[1]) != os.getpid() and not _pid_alive(int(m[1])):
-            p.unlink(missing_ok=True)
+    remove_dead_temporaries(path.parent, rf"\.{name}\.(?:tmp|link)(\d+)")
 
 
 def atomic_save(obj, path):
@@ -275,7 +254,7 @@ def build_model(ckpt, lookup, path="checkpoint", weights=True, **overrides):
     return model
 
 
-def data_dir(ckpt):
+def trained_data_dir(ckpt):
     """The data_dir a checkpoint was trained on ("" if it records none). A relative one (older checkpoints) is taken
     from the working directory when it exists there, else from the repository root, where data/<dataset> lives."""
     recorded = (ckpt.get("config") or {}).get("data_dir") or ""
@@ -283,3 +262,4 @@ def data_dir(ckpt):
         return recorded
     in_repo = Path(__file__).resolve().parents[1] / recorded
     return str(in_repo) if in_repo.is_dir() else recorded
+

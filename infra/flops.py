@@ -86,13 +86,12 @@ def layer_flops_per_token(attn, T):
     return linears + attn.attention_flops(T) / T
 
 
-def peak_flops(device, dtype, reps=3):
-    """FLOP/s of a large square matmul on this device and dtype (median of reps after two warm-up runs): one reading
-    of MFU's denominator (train.py reads it once at start, bench.py between its timing rounds)."""
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-
-    def timed_matmul():
+def peak_flops(device, dtype, reps=3, budget_s=2.0):
+    """FLOP/s of a square matmul on this device and dtype (median of reps after a warm-up run): one reading of MFU's
+    denominator (train.py reads it once at start, bench.py between its timing rounds). The matrix grows from 256 to
+    the size that saturates the device (2048 on CPU, 8192 on CUDA) only while the next size's runs fit in budget_s,
+    so a dtype without fast kernels costs a second or two, not minutes."""
+    def timed_matmul(a, b):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -101,9 +100,15 @@ def peak_flops(device, dtype, reps=3):
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    for _ in range(2):
-        a @ b
-    return 2 * n ** 3 / statistics.median(timed_matmul() for _ in range(reps))
+    n, n_max = 256, 8192 if device.type == "cuda" else 2048
+    while True:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        timed_matmul(a, b)  # warm-up
+        once = timed_matmul(a, b)
+        if n >= n_max or 8 * once * (reps + 2) > budget_s:  # doubling n costs 8x
+            break
+        n *= 2
+    return 2 * n ** 3 / statistics.median(timed_matmul(a, b) for _ in range(reps))
 
 
 def counter_check(model, run, tokens):

@@ -11,6 +11,8 @@ export.py applies the same rules backwards through export_weights, the one place
 model that `<family>_target(config)` describes. An importer is a classmethod body: the variant class calls it as
 `from_pretrained = classmethod(hf_import.<importer>)`, so this module imports no model or variant.
 """
+import difflib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +56,22 @@ class Target:
     fields: dict
     dropped: tuple = ()
     note: str = ""
+
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+def check_init_from(init_from, own=("scratch", "resume")):
+    """ValueError (one line) unless init_from is one of the entry point's own words (own), an existing directory or a
+    GPT-2 name: anything else would be taken as a Hugging Face hub name and fail only after minutes of network
+    retries."""
+    names = [*GPT2_NAMES, *(f"openai-community/{n}" for n in GPT2_NAMES)]
+    if init_from in (*own, *names) or os.path.isdir(init_from):
+        return
+    close = difflib.get_close_matches(init_from, [*own, *names], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"init_from={init_from!r} is not {', '.join(own)}, an existing directory (Hugging Face weights) "
+                     f"or a GPT-2 name ({', '.join(GPT2_NAMES)}, optionally prefixed openai-community/){hint}")
 
 
 def _same(ours, theirs=None, **kw):

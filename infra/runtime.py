@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+
 class Unavailable(ValueError):
     """A device or directory the run needs is missing or unusable: a fault of the machine (exit 1), not of the
     configuration (exit 2)."""
@@ -33,6 +34,9 @@ def resolve(device="auto", dtype="auto"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>; got {device!r}")
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dev.type == "cpu" and dtype == "float16":
+        raise ValueError("dtype=float16 on CPU: CPUs have no fast float16 matmuls (4x slower than float32 on the "
+                         "project's test CPU) and training would need loss scaling; use float32 or bfloat16")
     return dev, DTYPES[dtype]
 
 
@@ -43,8 +47,13 @@ def autocast(device, dtype):
 
 def check_output_dir(path, what="out_dir"):
     """Raise Unavailable (one line) unless path is, or can become, a directory this process can write into. Creates
-    nothing: a missing directory is judged by its nearest existing parent."""
+    nothing: a missing directory is judged by its nearest existing parent. An empty or blank path (an unset shell
+    variable) is a configuration error (ValueError), not the working directory."""
+    if not str(path).strip():
+        raise ValueError(f"{what} is empty; give the directory to write into")
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise Unavailable(f"{what} {path} is a symbolic link that leads nowhere (dangling, or a loop)")
     if path.exists() and not path.is_dir():
         raise Unavailable(f"{what} {path} is a file, not a directory")
     existing = path
@@ -58,6 +67,12 @@ def check_output_dir(path, what="out_dir"):
         probe.unlink()
     except OSError as e:
         raise Unavailable(f"{what} {path} is not writable ({e.strerror or type(e).__name__})") from None
+
+
+def out_of_memory(e):
+    """Whether an exception is a failed allocation (the CPU allocator, CUDA, or Python's own)."""
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
 def fail(message, code=1):

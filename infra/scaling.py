@@ -567,7 +567,7 @@ def checkpoint_at(path):
 
 def load_checkpoint(path, optimizer=True):
     """The checkpoint dict at path, whichever format: a folder (or what a killed save left beside its name) through
-    read_checkpoint, a file through checkpoint.load. One call for sample.py, eval.py and analysis.py."""
+    read_checkpoint, a file through checkpoint.load (loader.open_model comes here for folders)."""
     path = Path(path)
     if path.is_dir() or (not path.exists() and resolve(path) is not None):
         return read_checkpoint(path, optimizer=optimizer)

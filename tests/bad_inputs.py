@@ -12,6 +12,10 @@ path where nothing exists (and nothing may appear).
 """
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for python tests/bad_inputs.py
+from infra.markdown import table  # noqa: E402
 
 
 @dataclass
@@ -112,11 +116,8 @@ CASES = [
 
 
 def markdown():
-    rows = ["| input | exit | error line contains |", "|---|---|---|"]
-    for case in CASES:
-        message = case.message.replace("|", "\\|")
-        rows.append(f"| {case.what} | {case.code} | `{message}` |")
-    return "\n".join(rows)
+    return table(["input", "exit", "error line contains"],
+                 [[case.what, case.code, "`" + case.message.replace("|", "\\|") + "`"] for case in CASES])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The CUDA-only code, marked `cuda` and skipped without a GPU (`pytest -m cuda` runs only these):
-FlexAttention as the CUDA route of attn_impl="sdpa" for every masking variant (outputs and gradients equal to the dense
+FlexAttention as the CUDA route of attn_impl="auto" for every masking variant (outputs and gradients equal to the dense
 reference, through the compiled Flex kernel), Flex decoding with KV caches, compiled models with Flex inside the graph
 (adaptive span's gradients reaching its span, period and ratio parameters, in fp32 and under bf16 autocast), bf16
 autocast forward/backward, the fused AdamW step, pinned-memory batches, TF32, and train.py end to end on CUDA."""
@@ -99,13 +99,13 @@ def assert_match(a, b, atol, rtol):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_sdpa_on_cuda_routes_masks_to_flex_with_dense_outputs_and_gradients(case, monkeypatch):
-    """attn_impl="sdpa" on CUDA: the masks SDPA cannot skip work for go through the compiled Flex kernel (plain
+def test_auto_on_cuda_routes_masks_to_flex_with_dense_outputs_and_gradients(case, monkeypatch):
+    """attn_impl="auto" on CUDA: the masks SDPA cannot skip work for go through the compiled Flex kernel (plain
     causal does not), and outputs and every gradient equal the dense reference's (fp32)."""
     calls, real = [], attention.flex_attention
     monkeypatch.setattr(attention, "flex_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     name, fields = CASES[case]
-    fast = forward_backward(build(name, "sdpa", **fields), case)
+    fast = forward_backward(build(name, "auto", **fields), case)
     assert bool(calls) == (case in ROUTED)
     assert_match(fast, forward_backward(build(name, "dense", **fields), case), atol=1e-4, rtol=1e-3)
 
@@ -141,7 +141,7 @@ def test_bf16_autocast_forward_backward(case):
     device, dtype = runtime.resolve("cuda", "auto")
     assert dtype == torch.bfloat16
     name, fields = CASES[case]
-    impl = "flex" if case.startswith("span") else "sdpa"
+    impl = "flex" if case.startswith("span") else "auto"
     model = build(name, impl, **fields)
     low = forward_backward(torch.compile(model), case, runtime.autocast(device, dtype))
     full = forward_backward(build(name, "dense", **fields), case)
@@ -160,7 +160,7 @@ def test_fused_adamw_step_matches_unfused():
     """train.py's optimizer on CUDA is the fused AdamW kernel, and it steps as the unfused one does."""
     import train
     cfg = SimpleNamespace(learning_rate=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1)
-    models = [build("gpt", "sdpa") for _ in range(2)]
+    models = [build("gpt", "auto") for _ in range(2)]
     fused, plain = train.make_optimizer(models[0], cfg, "cuda"), train.make_optimizer(models[1], cfg, "cpu")
     assert fused.defaults["fused"] is True and not plain.defaults["fused"]
     for _ in range(3):
@@ -200,9 +200,9 @@ def test_train_py_sets_tf32_and_trains_on_cuda(shakespeare_dir, tmp_path):
 
 
 @pytest.mark.parametrize("impl,extra", [("flex", ["--variant=adaptive_span", "--span_init=16.0"]),
-                                        ("sdpa", ["--variant=layerwise", "--windows=[0,16]"])])
+                                        ("auto", ["--variant=layerwise", "--windows=[0,16]"])])
 def test_train_py_compiled_flex_on_cuda(shakespeare_dir, tmp_path, impl, extra):
-    """train.py --compile=True through FlexAttention (explicitly, and as sdpa's CUDA route): the loss goes down."""
+    """train.py --compile=True through FlexAttention (explicitly, and as auto's CUDA route): the loss goes down."""
     run(["train.py", f"--data_dir={shakespeare_dir}", f"--out_dir={tmp_path}", "--device=cuda", "--compile=True",
          f"--attn_impl={impl}", *extra, "--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=128",
          "--batch_size=16", "--max_iters=60", "--eval_interval=30", "--eval_iters=4", "--warmup_iters=5",

@@ -165,9 +165,9 @@ def test_eval_finds_the_data_from_any_working_directory(shakespeare_dir, tmp_pat
 
 def test_a_relative_data_dir_of_an_older_checkpoint_is_found_in_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert checkpoint.data_dir({"config": {"data_dir": "data/enwik8"}}) == str(REPO / "data" / "enwik8")
-    assert checkpoint.data_dir({"config": {"data_dir": "/abs/x"}}) == "/abs/x"
-    assert checkpoint.data_dir({}) == ""
+    assert checkpoint.trained_data_dir({"config": {"data_dir": "data/enwik8"}}) == str(REPO / "data" / "enwik8")
+    assert checkpoint.trained_data_dir({"config": {"data_dir": "/abs/x"}}) == "/abs/x"
+    assert checkpoint.trained_data_dir({}) == ""
 
 
 def test_a_failing_worker_under_the_launcher_is_one_line_not_a_traceback(shakespeare_dir, tmp_path):

@@ -232,7 +232,7 @@ def test_block_masks_skip_the_tiles_no_pair_reaches():
 
 
 def test_routing_to_flex_on_cuda():
-    """Which masks sdpa_attention hands to Flex on CUDA (the rule itself runs anywhere); on CPU nothing changes."""
+    """Which masks auto_attention hands to Flex on CUDA (the rule itself runs anywhere); on CPU nothing changes."""
     pad = torch.zeros(2, 1, 1, 16)
     content = torch.zeros(2, 2, 16, 16)
     pays = {
@@ -252,11 +252,25 @@ def test_routing_to_flex_on_cuda():
     assert flex_pays(AttnMask(window=4, q_offset=20), 1) is False  # one decoding query: SDPA
 
 
+def test_auto_takes_flex_where_use_flex_says_and_sdpa_never_does(monkeypatch):
+    """The routing itself, on any machine: with use_flex answering yes (as on CUDA), "auto" calls flex_attention and
+    "sdpa" still runs SDPA; with no, both run SDPA."""
+    calls = []
+    monkeypatch.setattr(attention, "flex_attention", lambda q, k, v, mask, **kw: calls.append(1) or q)
+    q, mask = torch.randn(1, 2, 16, 8), AttnMask(window=4)
+    for flex in (True, False):
+        monkeypatch.setattr(attention, "use_flex", lambda *a, answer=flex: answer)
+        calls.clear()
+        attention.auto_attention(q, q, q, mask)
+        attention.sdpa_attention(q, q, q, mask)
+        assert len(calls) == flex
+
+
 def test_training_through_flex_on_cpu_refused_in_one_line():
     for device in ("cpu", torch.device("cpu")):
         with pytest.raises(ValueError) as e:
             check_trainable("flex", device)
-        assert str(e.value) == FLEX_NO_CPU_BACKWARD and "\n" not in str(e.value) and "--attn_impl=sdpa" in str(e.value)
+        assert str(e.value) == FLEX_NO_CPU_BACKWARD and "\n" not in str(e.value) and "--attn_impl=auto" in str(e.value)
     with pytest.raises(ValueError, match="no attention dropout"):
         check_trainable("flex", "cuda", dropout=0.1)
     check_trainable("flex", "cuda:1")
@@ -273,7 +287,7 @@ def test_training_through_flex_on_cpu_refused_in_one_line():
 
 def test_attn_impl_choices():
     GPTConfig(attn_impl="flex").validate()
-    with pytest.raises(ValueError, match="attn_impl must be one of sdpa, flex, dense"):
+    with pytest.raises(ValueError, match="attn_impl must be one of auto, sdpa, flex, dense"):
         GPTConfig(attn_impl="flx").validate()
 
 

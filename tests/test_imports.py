@@ -6,15 +6,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRY_POINTS = {"train", "sample", "bench", "eval", "analysis", "plot"}
+ENTRY_POINTS = {"train", "sample", "bench", "launch", "tools.eval", "tools.analysis", "tools.export", "tools.plot"}
 CORE = {"model", "attention"}  # the plain GPT and its kernels: they import no variant, objective or entry point
 
 
 def project_modules():
     """{module name: path} of the project's python modules outside tests/, results/ and data/."""
     mods = {p.stem: p for p in REPO.glob("*.py")}
-    mods.update({f"variants.{p.stem}" if p.stem != "__init__" else "variants": p
-                 for p in (REPO / "variants").glob("*.py")})
+    for package in ("variants", "infra", "tools"):
+        mods.update({f"{package}.{p.stem}" if p.stem != "__init__" else package: p
+                     for p in (REPO / package).glob("*.py")})
     return mods
 
 
@@ -49,11 +50,11 @@ def wrong_way(graph):
     bad = []
     for mod, deps in graph.items():
         for dep in deps:
-            if mod in CORE and (is_variant(dep) or dep in ("variants", "variants.registry", "objectives",
-                                                            "configurator", "checkpoint") or dep in ENTRY_POINTS):
+            if mod in CORE and (is_variant(dep) or dep in ("variants", "variants.registry", "objectives")
+                                or dep in ("infra.configurator", "infra.checkpoint") or dep in ENTRY_POINTS):
                 bad.append((mod, dep, "model/attention import no variant, objective or entry point"))
-            if (is_variant(mod) or mod in ("objectives", "variants.registry", "hf_import", "flops", "runtime")) \
-                    and (dep in ENTRY_POINTS or dep == "configurator"):
+            below = is_variant(mod) or mod in ("objectives", "variants.registry") or mod.startswith("infra.")
+            if below and mod != "infra.configurator" and (dep in ENTRY_POINTS or dep == "infra.configurator"):
                 bad.append((mod, dep, "below the entry points nothing imports configurator or an entry point"))
             if mod == "objectives" and (is_variant(dep) or dep.startswith("variants")):
                 bad.append((mod, dep, "objectives import no variant"))
@@ -89,7 +90,8 @@ def test_imports_run_one_way_without_cycles():
 
 
 @pytest.mark.parametrize("mod,dep", [("model", "variants.llama"), ("attention", "objectives"),
-                                     ("variants.llama", "configurator"), ("objectives", "train"),
+                                     ("variants.llama", "infra.configurator"),
+                                     ("infra.memory", "infra.configurator"), ("infra.loader", "tools.eval"), ("objectives", "train"),
                                      ("model", "train")])
 def test_a_wrong_way_import_is_caught(mod, dep):
     graph = import_graph()

@@ -1,6 +1,7 @@
 """train.py past one process, as real processes on CPU/gloo: FSDP gives the records of DDP, a preempted FSDP run
 resumes record by record, a sharded checkpoint of 2 ranks continues in 1 process, activation checkpointing changes
-no loss, and a two-"node" launch on localhost trains like one node. scaling.py and memory.py have their own tests."""
+no loss, and a two-"node" launch on localhost trains like one node. infra/scaling.py and infra/memory.py have their
+own tests."""
 import json
 import os
 import re
@@ -120,7 +121,7 @@ def test_sample_and_eval_read_the_sharded_checkpoint(fsdp_run, tmp_path):
     assert proc.stdout.startswith("ROMEO:")
     folder = run(["tools/eval.py", f"--out_dir={fsdp_run}", "--device=cpu", "--max_tokens=300"]).stdout
     assert f"checkpoint {fsdp_run / 'ckpt'} " in folder
-    run(["scaling.py", "consolidate", str(fsdp_run / "ckpt"), str(tmp_path / "one.pt")])
+    run([sys.executable, "-m", "infra.scaling", "consolidate", str(fsdp_run / "ckpt"), str(tmp_path / "one.pt")])
     one_file = run(["tools/eval.py", f"--out_dir={tmp_path}", "--ckpt=one.pt", "--device=cpu", "--max_tokens=300"]).stdout
     loss = lambda out: re.search(r" loss (\S+) ", out)[1]
     assert loss(folder) == loss(one_file)

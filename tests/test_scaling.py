@@ -1,4 +1,4 @@
-"""FSDP2 and sharded checkpoints (scaling.py) with real processes: two ranks under torchrun on CPU/gloo against DDP
+"""FSDP2 and sharded checkpoints (infra/scaling.py) with real processes: two ranks under torchrun on CPU/gloo against DDP
 and one process with twice the accumulation; DCP folders saved, replaced atomically, resumed in fresh processes and
 at another world size, consolidated into the single-file format. tests/scaling_worker.py does the torchrun side."""
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from infra import checkpoint, scaling
+from infra import checkpoint, loader, scaling
 import scaling_worker as W
 import train
 import variants
@@ -140,11 +140,28 @@ def test_one_reader_for_both_formats(ckpt_copy, tmp_path):
     assert scaling.checkpoint_at(tmp_path / "best.pt") == tmp_path / "best.pt"
 
 
+def test_one_loader_opens_a_file_a_sharded_folder_and_a_run_directory(ckpt_copy, tmp_path, monkeypatch):
+    """loader.open_model, behind sample, eval, analysis and export: the sharded folder, the run directory that holds
+    it, and its consolidated file give the same model; a file never goes through the sharded reader."""
+    folder = loader.open_model(ckpt_copy, variants.get)
+    in_run = loader.open_model(tmp_path, variants.get)  # no ckpt.pt there: the folder an FSDP run wrote
+    assert in_run.path == ckpt_copy and folder.ckpt["variant"] == "gpt"
+    scaling.consolidate(ckpt_copy, tmp_path / "one.pt")
+    monkeypatch.setattr(scaling, "load_checkpoint", lambda *a, **kw: pytest.fail("a file read as a sharded folder"))
+    one = loader.open_model(tmp_path / "one.pt", variants.get, dropout=0.0)
+    for opened in (in_run, one):
+        assert W.same(folder.model.state_dict(), opened.model.state_dict())
+    assert one.model.config.dropout == 0.0 and one.objective is variants.get("gpt").objective
+    with pytest.raises(checkpoint.CheckpointError, match="not found"):
+        loader.open_model(tmp_path / "nothing.pt", variants.get)
+
+
 def test_consolidate_command(ckpt_copy, tmp_path, capsys):
     assert scaling.main(["consolidate", str(ckpt_copy), str(tmp_path / "out.pt")]) == 0
     assert checkpoint.load(tmp_path / "out.pt")["iter_num"] == W.SAVE_AT and "out.pt" in capsys.readouterr().out
     (ckpt_copy / scaling.MANIFEST).unlink()  # as a user runs it: one line, exit 1, nothing written
-    proc = run(["scaling.py", "consolidate", str(ckpt_copy), str(tmp_path / "bad.pt")], check=False)
+    proc = run([sys.executable, "-m", "infra.scaling", "consolidate", str(ckpt_copy), str(tmp_path / "bad.pt")],
+               check=False)
     assert proc.returncode == 1 and not (tmp_path / "bad.pt").exists()
     assert proc.stderr.startswith("error: ") and "incomplete" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from infra import checkpoint, configurator
+from infra import checkpoint, hf_import
 import train
 from conftest import run
 
@@ -71,10 +71,12 @@ def test_unknown_init_from_fails_at_once_with_the_valid_values(finished_run, sha
 def test_init_from_accepts_every_valid_kind_and_nothing_near_it(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     for value in ("scratch", "resume", "gpt2", "gpt2-xl", "openai-community/gpt2-large", str(tmp_path)):
-        assert train.check_init_from(value) is None
+        assert hf_import.check_init_from(value) is None
     for value in ("gpt3", "gpt2-xxl", "community/gpt2", "Resume", str(tmp_path / "weights.bin"), str(tmp_path / "no")):
-        with pytest.raises(configurator.ConfigError, match="is not scratch, resume"):
-            train.check_init_from(value)
+        with pytest.raises(ValueError, match="is not scratch, resume"):
+            hf_import.check_init_from(value)
+    with pytest.raises(ValueError, match="is not resume, an existing directory"):  # sample.py's own words
+        hf_import.check_init_from("scratch", ("resume",))
 
 
 def test_huge_seeds_train_and_are_reproducible(shakespeare_dir, tmp_path):

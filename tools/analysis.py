@@ -28,10 +28,10 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for python tools/<name>.py
-from infra import checkpoint, configurator, runtime, scaling
+from infra import checkpoint, configurator, loader, markdown, runtime
 import variants
 from attention import dense_attention
-from data.common import DataError, check_same_vocabulary, load_meta, open_split
+from data.common import DataError, open_split
 from infra.flops import attention_modules
 
 
@@ -45,7 +45,7 @@ class AnalysisConfig:
     seq_len: int = 0  # 0 = the model's block_size
     crop: int = 128  # heatmaps show the first crop x crop queries/keys (128 x 128 crops, as docs/layerwise.md §4)
     out_dir: str = ""  # default: <directory of the first checkpoint>/analysis
-    device: str = "cpu"
+    device: str = "cpu"  # auto, cpu, cuda or cuda:<index>
     seed: int = 0
 
 
@@ -174,18 +174,20 @@ def plot_heatmap(weights, title, path):
     plt.close(fig)
 
 
-def markdown(reports):
-    lines = ["| checkpoint | layer | entropy (uniform over mask) | weights < 0.01 (allowed / all) | mean distance "
-             "| avg span | sparsity vs T^2 / causal | T^2 / attended |", "|---|---|---|---|---|---|---|---|"]
+def report_table(reports):
+    head = ["checkpoint", "layer", "entropy (uniform over mask)", "weights < 0.01 (allowed / all)", "mean distance",
+            "avg span", "sparsity vs T^2 / causal", "T^2 / attended"]
+    rows = []
     for label, rep in reports.items():
         for l, s in enumerate(rep["layers"]):
-            lines.append(f"| {label} | {l} | {s['entropy']:.3f} ({s['max_entropy']:.3f}) | {s['below_0.01_allowed']:.3f} / "
-                         f"{s['below_0.01_all']:.3f} | {s['mean_distance']:.1f} | {s['avg_span']:.1f} "
-                         f"| {s['sparsity_vs_T2']:.3f} / {s['sparsity_vs_causal']:.3f} | {s['memory_reduction']:.2f} |")
+            rows.append([label, l, f"{s['entropy']:.3f} ({s['max_entropy']:.3f})",
+                         f"{s['below_0.01_allowed']:.3f} / {s['below_0.01_all']:.3f}", f"{s['mean_distance']:.1f}",
+                         f"{s['avg_span']:.1f}", f"{s['sparsity_vs_T2']:.3f} / {s['sparsity_vs_causal']:.3f}",
+                         f"{s['memory_reduction']:.2f}"])
         o = rep["overall"]
-        lines.append(f"| {label} | all | | | | | {o['sparsity_vs_T2']:.3f} / {o['sparsity_vs_causal']:.3f} "
-                     f"| {o['memory_reduction']:.2f} |")
-    return "\n".join(lines)
+        rows.append([label, "all", "", "", "", "", f"{o['sparsity_vs_T2']:.3f} / {o['sparsity_vs_causal']:.3f}",
+                     f"{o['memory_reduction']:.2f}"])
+    return markdown.table(head, rows)
 
 
 def default_out_dir(paths):
@@ -197,18 +199,13 @@ def load(paths, cfg):
     """[(checkpoint, model, objective, (x, y) eval batch)] for each checkpoint path."""
     loaded = []
     for path in tqdm(paths, desc="loading", unit="ckpt", disable=None, leave=False):
-        ckpt = scaling.load_checkpoint(path, optimizer=False)
-        model = checkpoint.build_model(ckpt, variants.get, path)
-        data_dir = cfg.data_dir or checkpoint.data_dir(ckpt)
-        if not data_dir:
-            raise configurator.ConfigError("the checkpoint records no data_dir; pass --data_dir")
+        opened = loader.open_model(path, variants.get, cfg.data_dir)
+        model = opened.model
         T = cfg.seq_len or model.config.block_size
         if T > model.config.block_size:
             raise configurator.ConfigError(f"seq_len={T} exceeds the model's block_size {model.config.block_size}")
-        meta = load_meta(data_dir)
-        check_same_vocabulary(ckpt.get("data_meta") or {}, meta, path, data_dir)
-        xy = eval_batch(data_dir, cfg.split, meta, cfg.batch_size, T, cfg.seed)
-        loaded.append((ckpt, model, variants.get(ckpt["variant"]).objective, xy))
+        xy = eval_batch(opened.data_dir, cfg.split, opened.meta, cfg.batch_size, T, cfg.seed)
+        loaded.append((opened.ckpt, model, opened.objective, xy))
     return loaded
 
 
@@ -234,7 +231,7 @@ def run(paths, labels, cfg, command):
         tqdm.write(f"{label}: entropy per layer " + " ".join(f"{s['entropy']:.2f}" for s in rep["layers"]),
                    file=sys.stdout)
     plot_entropy(reports, out / "entropy.png")
-    table = markdown(reports)
+    table = report_table(reports)
     (out / "analysis.json").write_text(json.dumps({"config": asdict(cfg), "reports": reports}, indent=1) + "\n")
     (out / "analysis.md").write_text(f"`{command}`\n\n{table}\n")
     print(table)
@@ -247,14 +244,15 @@ def main(argv):
         paths = [Path(p) for p in cfg.ckpt.split(",") if p]
         if not paths:
             raise configurator.ConfigError("give --ckpt=PATH[,PATH...] (a checkpoint file or its out_dir)")
-        # a run's directory means its ckpt.pt, or the folder ckpt of an FSDP run
-        paths = [scaling.checkpoint_at(p / "ckpt.pt" if p.is_dir() and not scaling.is_sharded_checkpoint(p) else p)
-                 for p in paths]
+        paths = [loader.locate(p) for p in paths]  # a run's directory means its ckpt.pt (or sharded folder)
         labels = cfg.labels.split(",") if cfg.labels else [p.resolve().parent.name for p in paths]
         if len(labels) != len(paths) or len(set(labels)) != len(labels):
             raise configurator.ConfigError(f"need one distinct label per checkpoint, got {labels}")
         if cfg.batch_size < 1 or cfg.seq_len < 0 or cfg.crop < 0:
             raise configurator.ConfigError("batch_size must be >= 1, seq_len and crop >= 0")
+        device, _ = runtime.resolve(cfg.device)
+        cfg = replace(cfg, device=str(device))
+        runtime.check_output_dir(cfg.out_dir or default_out_dir(paths))  # before the checkpoints load, not after
         run(paths, labels, cfg, "python tools/analysis.py " + " ".join(argv))
     except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
         runtime.fail(e, 1 if isinstance(e, (checkpoint.CheckpointError, DataError, runtime.Unavailable)) else 2)

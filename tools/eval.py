@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for python tools/<name>.py
 from tools import analysis
-from infra import checkpoint, configurator, runtime, scaling
+from infra import checkpoint, configurator, loader, rundir, runtime
 import variants
-from data.common import DataError, check_same_vocabulary, load_meta, open_split
+from data.common import DataError, open_split
 
 
 @dataclass
@@ -104,15 +104,14 @@ def prepare(argv):
             raise configurator.ConfigError("stride and max_tokens must be >= 0 and batch_size >= 1")
         device, dtype = runtime.resolve(cfg.device, cfg.dtype)
         runtime.check_output_dir(cfg.out_dir)
-        path = scaling.checkpoint_at(Path(cfg.out_dir) / cfg.ckpt)  # ckpt.pt, or the folder ckpt of an FSDP run
-        ckpt = scaling.load_checkpoint(path, optimizer=False)
-        model = checkpoint.build_model(ckpt, variants.get, path, dropout=0.0)
-        if not variants.get(ckpt["variant"]).objective.causal:
-            raise configurator.ConfigError(f"variant {ckpt['variant']!r} is not a causal LM; its MLM metrics are in "
+        if Path(cfg.out_dir).is_dir():
+            rundir.claim(cfg.out_dir)  # it writes there: not while a training run or another tool does
+        opened = loader.open_model(Path(cfg.out_dir) / cfg.ckpt, variants.get, cfg.data_dir, dropout=0.0)
+        path, model, meta, data_dir, variant = (opened.path, opened.model, opened.meta, opened.data_dir,
+                                                opened.ckpt["variant"])
+        if not opened.objective.causal:
+            raise configurator.ConfigError(f"variant {variant!r} is not a causal LM; its MLM metrics are in "
                                            f"the training eval (metrics.jsonl)")
-        data_dir = cfg.data_dir or checkpoint.data_dir(ckpt)
-        meta = load_meta(data_dir)
-        check_same_vocabulary(ckpt.get("data_meta") or {}, meta, path, data_dir)
         data = open_split(data_dir, cfg.split, meta)
         if cfg.max_tokens:
             data = data[:cfg.max_tokens]
@@ -121,7 +120,7 @@ def prepare(argv):
         stride = cfg.stride or max(1, model.config.block_size // 2)
         if stride > model.config.block_size:
             raise configurator.ConfigError(f"stride={stride} exceeds block_size {model.config.block_size}")
-        return cfg, device, dtype, path, ckpt["variant"], model, meta, data_dir, data, stride
+        return cfg, device, dtype, path, variant, model, meta, data_dir, data, stride
     except (configurator.ConfigError, checkpoint.CheckpointError, DataError, ValueError) as e:
         faults = (checkpoint.CheckpointError, DataError, runtime.Unavailable)  # files, data, devices
         runtime.fail(e, 1 if isinstance(e, faults) else 2)

@@ -13,22 +13,26 @@ is not), and transformers runs it without the decoder. The encoders' [PAD] [CLS]
 go into the config's pad/bos/eos token ids and into the tokenizer's special tokens.
 
 The weight mapping is hf_import's, the importers' own, applied backwards: `<variant>.from_pretrained(the export)`
-gives back the same weights. The directory is written beside the target under a temporary name and renamed into
-place at the end, so it is either complete or absent; a non-empty target is replaced only with --overwrite=True.
+gives back the same weights. The directory is written beside the target under a temporary name and then renamed into
+place, or atomically exchanged with the previous export, so at every instant the target is a complete export or was
+never written; a non-empty target is replaced only with --overwrite=True.
 Errors: one `error: ...` line on stderr; exit 2 for a bad command line, 1 for missing or unusable files.
 """
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for python tools/<name>.py
-from infra import checkpoint, configurator, hf_import, scaling
+from infra import checkpoint, configurator, hf_import, loader, rundir
 from infra.runtime import fail
 import variants
-from data.common import DataError, get_tokenizer
+from data.common import DataError, fsync_dir, get_tokenizer, remove_dead_temporaries
 from objectives import special_ids
 
 
@@ -160,10 +164,28 @@ def check_target(to, overwrite, ckpt_path):
         raise configurator.ConfigError(f"{to} exists and is not empty; use --overwrite=True to replace it")
 
 
+def exchange(a, b):
+    """Swap two existing paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE). False where the system or
+    the filesystem cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
 def write_directory(to, fill):
-    """Call fill(path) on a fresh temporary directory beside `to`, then rename it to `to` (replacing what was
-    there): `to` is either the complete new directory or untouched."""
+    """Call fill(path) on a fresh temporary directory beside `to`, then publish it as `to`: a rename where nothing
+    was, else an atomic exchange with the old directory, so at every instant `to` is a complete export (the old or
+    the new one). Where exchange is unavailable, two renames leave a moment without `to`. Temporaries of killed
+    exports of `to` are removed first."""
     to.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(to.parent, rf"\.{re.escape(to.name)}\.(?:tmp|old)(\d+)")
     tmp, old = to.with_name(f".{to.name}.tmp{os.getpid()}"), to.with_name(f".{to.name}.old{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -171,13 +193,14 @@ def write_directory(to, fill):
         fill(tmp)
         if not to.exists():
             os.replace(tmp, to)
-            return
-        os.replace(to, old)
-        try:
-            os.replace(tmp, to)
-        except OSError:
-            os.replace(old, to)
-            raise
+        elif not exchange(tmp, to):  # tmp now holds the old export, removed below
+            os.replace(to, old)
+            try:
+                os.replace(tmp, to)
+            except OSError:
+                os.replace(old, to)
+                raise
+        fsync_dir(to.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -197,13 +220,12 @@ def read_config(argv):
 def main(argv):
     path, to = read_config(argv)
     try:
-        path = scaling.checkpoint_at(path)  # ckpt.pt, or the folder ckpt of an FSDP run
-        ckpt = scaling.load_checkpoint(path, optimizer=False)
-        variant = ckpt["variant"]
+        if path.parent.is_dir() and to.parent.resolve() == path.parent.resolve():
+            rundir.claim(path.parent)  # into the run's own directory: not while a training run or tool writes there
+        opened = loader.open_model(path, variants.get)
+        model, meta, variant = opened.model, opened.meta, opened.ckpt["variant"]
         if variant not in EXPORTS:
             raise ValueError(f"variant {variant!r} has no Hugging Face form; export supports {', '.join(EXPORTS)}")
-        model = checkpoint.build_model(ckpt, variants.get, path)
-        meta = ckpt.get("data_meta")
         hf, notes = to_hf(variant, model, meta)
         lines = []
 
@@ -216,7 +238,7 @@ def main(argv):
         write_directory(to, fill)
     except ImportError as e:
         fail(f"export needs transformers and safetensors ({e})")
-    except (checkpoint.CheckpointError, DataError, OSError, ValueError) as e:
+    except (checkpoint.CheckpointError, DataError, OSError, ValueError) as e:  # runtime.Unavailable is a ValueError
         fail(" ".join(str(e).split()))
     for line in notes + lines:
         print(line)

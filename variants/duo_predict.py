@@ -15,7 +15,7 @@ Fast path (this file): reordered as [originals; masks], the code pattern is bloc
 causal, originals -> masks nothing, masks -> originals causal with the diagonal shifted (keys j < k) plus the one key
 k+1, masks -> masks the diagonal. So originals take one causal SDPA call (no mask tensor), and masks take SDPA per
 block of duo_block queries over only the originals they can reach plus their own block's masks: no (2N-1)^2 mask is
-built, and about 1/4 of the dense score entries are computed. FlexAttention (attn_impl="flex", or "sdpa" on CUDA
+built, and about 1/4 of the dense score entries are computed. FlexAttention (attn_impl="flex", or "auto" on CUDA
 without dropout) takes the same grouped order as one block mask (GroupedDuoMask), built once per length.
 attn_impl="dense" builds the full pattern (the reference).
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from attention import AttnMask, dense_attention, sdpa_attention, use_flex
+from attention import AttnMask, auto_attention, dense_attention, sdpa_attention, use_flex
 from model import GPT, CausalSelfAttention, GPTConfig
 from objectives import DuoMask, InterleavedLM
 from variants.registry import register
@@ -117,14 +117,14 @@ class DuoAttention(CausalSelfAttention):
 
     def attend(self, q, k, v, mask):
         """The interleaved code pattern: through the block-structured SDPA path, or, where the kernel takes Flex
-        (attn_impl="flex", or sdpa on CUDA without dropout), grouped so that its block mask skips most tiles.
+        (attn_impl="flex", or auto on CUDA without dropout), grouped so that its block mask skips most tiles.
         Everything else as the baseline."""
         if not (isinstance(mask, DuoMask) and mask.variant == "code") or self.kernel is dense_attention:
             return super().attend(q, k, v, mask)
         mask.check(q.size(-2), k.size(-2))
         dropout_p = self.dropout if self.training else 0.0
         grouped = GroupedDuoMask(originals=(q.size(-2) + 1) // 2)
-        if self.kernel is sdpa_attention and not use_flex(q, grouped, dropout_p):
+        if self.kernel is sdpa_attention or (self.kernel is auto_attention and not use_flex(q, grouped, dropout_p)):
             return duo_code_attention(q, k, v, dropout_p, self.block)
         y = self.kernel(group_streams(q), group_streams(k), group_streams(v), grouped, dropout_p=dropout_p)
         return interleave(y[..., :grouped.originals, :], y[..., grouped.originals:, :])

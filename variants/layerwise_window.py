@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from attention import AttnMask, RollingKVCache, sdpa_attention
+from attention import AttnMask, RollingKVCache, auto_attention, sdpa_attention
 from model import GPT, CausalSelfAttention, GPTConfig
 from variants.registry import register
 
@@ -69,7 +69,7 @@ class LayerwiseConfig(GPTConfig):
     short_window: int = 0  # window of S in window_pattern; 0 = block_size // 2
     long_window: int = 0  # window of L in window_pattern; 0 = full causal
     attn_block: int = 0  # query block of the banded CPU path; 0 = automatic (model.band_block)
-    flex_attention: bool = True  # CUDA, attn_impl="sdpa": windows through FlexAttention (False: the banded SDPA kernel)
+    flex_attention: bool = True  # CUDA, attn_impl="auto": windows through FlexAttention (False: the banded SDPA kernel)
 
     def validate(self):
         super().validate()
@@ -148,10 +148,10 @@ class WindowedAttention(CausalSelfAttention):
         return AttnMask(causal=True, window=self.window, q_offset=q_offset, block=self.block)
 
     def attend(self, q, k, v, mask):
-        """attn_impl's kernel; with flex_attention=False, sdpa keeps windows on its banded kernel on CUDA too."""
-        if self.flex or self.kernel is not sdpa_attention:
+        """attn_impl's kernel; with flex_attention=False, auto keeps windows on the banded SDPA kernel on CUDA too."""
+        if self.flex or self.kernel is not auto_attention:
             return super().attend(q, k, v, mask)
-        return sdpa_attention(q, k, v, mask, self.dropout if self.training else 0.0, flex=False)
+        return sdpa_attention(q, k, v, mask, self.dropout if self.training else 0.0)
 
     def make_cache(self, batch_size, device, dtype):
         if self.window is not None and self.window < self.block_size:

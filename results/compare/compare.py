@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO.parent / "shared" / "data" / "shakespeare" / "input.txt"
 sys.path.insert(0, str(REPO))  # the table and plots use the repository's modules (imported where needed)
+from infra.markdown import table as markdown_table  # noqa: E402
 
 # One recipe for every run. Dropout 0 and no biases for all, so char_gpt (default dropout 0.2) and llama (no biases)
 # differ from gpt only in their architecture; 8 layers is the smallest depth at which the four layer-wise schedules
@@ -397,15 +398,16 @@ def markdown(table):
              f"results/compare/compare.py from the runs' logs.", ""]
     causal = {k: v for k, v in rows.items() if k not in ENCODERS}
     if causal:
-        lines += ["## Causal variants against gpt", "",
-                  "| label | family | seeds | val loss | val bpc | Δ loss vs gpt ± se | verdict | params | tokens/s "
-                  "| wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        cells = []
         for label, r in causal.items():
             diff = "-" if "diff" not in r else f"{r['diff']:+.4f}" + (f" ± {r['se']:.4f}" if math.isfinite(r["se"])
                                                                        else "")
-            lines.append(f"| {label} | {r['family']} | {r['n']}/{n_seeds} | {pm(r['loss'])} | {pm(r['bpc'])} "
-                         f"| {diff} | {r.get('verdict', '-')} | {r['params']:,} "
-                         f"| {number(r['tokens_per_s'], ',.0f')} | {number(r['wall_s'], '.0f')} |")
+            cells.append([label, r["family"], f"{r['n']}/{n_seeds}", pm(r["loss"]), pm(r["bpc"]), diff,
+                          r.get("verdict", "-"), f"{r['params']:,}", number(r["tokens_per_s"], ",.0f"),
+                          number(r["wall_s"], ".0f")])
+        lines += ["## Causal variants against gpt", "", markdown_table(
+            ["label", "family", "seeds", "val loss", "val bpc", "Δ loss vs gpt ± se", "verdict", "params", "tokens/s",
+             "wall s"], cells)]
         lines += ["", "Notes:",
                   "- val loss: next-token cross-entropy (nats) of the final model, mean ± sample std over seeds; "
                   "bpc = loss / ln 2. duo_predict's is scored at the original positions only "
@@ -418,15 +420,16 @@ def markdown(table):
                   "- params: every parameter, shared ones once.", ""]
     encoders = {k: v for k, v in rows.items() if k in ENCODERS}
     if encoders:
-        lines += ["## Encoders (masked LM)", "",
-                  "| label | seeds | MLM loss | MLM accuracy | pair task | pair accuracy | params | tokens/s "
-                  "| wall s |", "|---|---|---|---|---|---|---|---|---|"]
+        cells = []
         for label, r in encoders.items():
             pair = r.get("pair")
             acc = "-" if not pair else pm(pair["acc"], 3) if pair["above_chance"] else "at chance"
-            lines.append(f"| {label} | {r['n']}/{n_seeds} | {pm(r['loss'])} | {pm(r['mlm_acc'])} "
-                         f"| {pair['task'] if pair else 'none'} | {acc} | {r['params']:,} "
-                         f"| {number(r['tokens_per_s'], ',.0f')} | {number(r['wall_s'], '.0f')} |")
+            cells.append([label, f"{r['n']}/{n_seeds}", pm(r["loss"]), pm(r["mlm_acc"]),
+                          pair["task"] if pair else "none", acc, f"{r['params']:,}",
+                          number(r["tokens_per_s"], ",.0f"), number(r["wall_s"], ".0f")])
+        lines += ["## Encoders (masked LM)", "", markdown_table(
+            ["label", "seeds", "MLM loss", "MLM accuracy", "pair task", "pair accuracy", "params", "tokens/s",
+             "wall s"], cells)]
         chance = [f"{k} {v['pair']['task']} {v['pair']['acc'][0]:.3f} (se {v['pair']['se']:.3f})"
                   for k, v in encoders.items() if "pair" in v and not v["pair"]["above_chance"]]
         lines += ["", "Notes:",

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(HERE))
+from infra import markdown  # noqa: E402
 
 
 def train(repo, data_dir, out_dir):
@@ -65,8 +67,7 @@ def main():
             (f"bench fwd+bwd ms (median of {args.reps})", f"{statistics.median(this['bench_ms']):.1f}",
              f"{statistics.median(other['bench_ms']):.1f}",
              f"{statistics.median(this['bench_ms']) / statistics.median(other['bench_ms']):.3f}x")]
-    table = "\n".join(["| measure | this checkout | other checkout | this / other |", "|---|---|---|---|"] +
-                      [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+    table = markdown.table(["measure", "this checkout", "other checkout", "this / other"], rows)
     print(table)
     (out / "side_by_side.json").write_text(json.dumps({"repos": {k: str(v) for k, v in repos.items()}, **result},
                                                       indent=1) + "\n")

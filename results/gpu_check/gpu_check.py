@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+from infra import markdown  # noqa: E402
 
 NANOGPT_SHAKESPEARE = 1.4697  # nanoGPT README: best val loss of the GPU recipe, ~3 min on one A100
 NANOGPT_GPT2_MS = 135.0  # nanoGPT README: GPT-2 small, batch 12 x 1024, compiled, per iteration on an A100
@@ -138,7 +139,7 @@ def cmd_flex(a):
     import torch
 
     from adaptive_attention_span import AdaptiveSpanAttention, AdaptiveSpanConfig
-    from attention import AttnMask, flex_attention, flex_block_mask, sdpa_attention, use_flex
+    from attention import AttnMask, auto_attention, flex_attention, flex_block_mask, use_flex
     from variants.layerwise_window import LayerwiseConfig, layer_windows
 
     cuda = torch.cuda.is_available()
@@ -166,7 +167,7 @@ def cmd_flex(a):
             times.append(time.perf_counter() - t)
         return statistics.median(times)
 
-    def fwd_bwd(mask_of, kernel=sdpa_attention):
+    def fwd_bwd(mask_of, kernel=auto_attention):
         """One attention call and, on CUDA, its backward (into q, k, v and any learnable mask parameters)."""
         def run():
             if cuda:
@@ -228,10 +229,7 @@ def cmd_skip(a):
 def cmd_table(a):
     rows = [json.loads(line) for line in Path(a.rows).read_text().splitlines()] if Path(a.rows).exists() else []
     cols = ("check", "measured", "reference", "wall", "status")
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |")
+    print(markdown.table(cols, [[str(r.get(c, "")).replace("|", "/") for c in cols] for r in rows]))
     broken = [r for r in rows if r.get("status", "").startswith(("FAILED", "TIMEOUT"))]
     return 1 if broken else 0
 

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import bench  # noqa: E402
 from infra import configurator  # noqa: E402
+from infra import markdown  # noqa: E402
 from infra import flops  # noqa: E402
 from infra import runtime  # noqa: E402
 
@@ -87,18 +88,19 @@ def main(argv):
 
 
 def write(out, command, cfg, device, dtype, peak, baseline, results):
-    head = (f"| entry | T | GFLOP/token fwd (attention) | fwd+bwd s (each rep) | tokens/s | MFU | peak RSS MB "
-            f"| speedup vs {baseline}: ideal / measured | measured / ideal | saving achieved |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    head = ["entry", "T", "GFLOP/token fwd (attention)", "fwd+bwd s (each rep)", "tokens/s", "MFU", "peak RSS MB",
+            f"speedup vs {baseline}: ideal / measured", "measured / ideal", "saving achieved"]
+    rows = []
     for r in sorted(results, key=lambda r: (r["T"], r["label"])):
         parts, s = r["flops_per_token_parts"], r["speedup"]
         # saving achieved: the measured time saving as a share of the saving the FLOP count promises
         gain = "-" if s["ideal"] == 1 else f"{(1 - 1 / s['measured']) / (1 - 1 / s['ideal']) * 100:.0f}%"
-        lines.append(f"| {r['label']} | {r['T']} | {parts['total'] / 1e9:.4f} ({parts['attention'] / 1e9:.4f}) "
-                     f"| {r['fwd_bwd_s']['median']:.2f} ({', '.join(f'{t:.2f}' for t in r['t_fwd_bwd'])}) "
-                     f"| {r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% | {(r['peak_memory_bytes'] or 0) / 2**20:.0f} "
-                     f"| {s['ideal']:.3f}x / {s['measured']:.3f}x | {s['measured'] / s['ideal'] * 100:.0f}% | {gain} |")
-    table = "\n".join(lines)
+        rows.append([r["label"], r["T"], f"{parts['total'] / 1e9:.4f} ({parts['attention'] / 1e9:.4f})",
+                     f"{r['fwd_bwd_s']['median']:.2f} ({', '.join(f'{t:.2f}' for t in r['t_fwd_bwd'])})",
+                     f"{r['tokens_per_s']:,.0f}", f"{r['mfu'] * 100:.1f}%",
+                     f"{(r['peak_memory_bytes'] or 0) / 2**20:.0f}", f"{s['ideal']:.3f}x / {s['measured']:.3f}x",
+                     f"{s['measured'] / s['ideal'] * 100:.0f}%", gain])
+    table = markdown.table(head, rows)
     (out / "bench.json").write_text(json.dumps(
         {"command": command, "config": asdict(cfg), "device": str(device), "dtype": str(dtype),
          "threads": torch.get_num_threads(), "torch": torch.__version__, "peak_flops": peak, "results": results},
