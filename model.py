@@ -279,10 +279,13 @@ def sample_next(logits, temperature, top_k, generator=None, vocab_size=None):
         logits = logits[:, :vocab_size]
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
+    # the top_k cut is made on the logits themselves: at an infinite temperature the scaled ones are all equal
+    drop = None
+    if top_k is not None:
+        drop = logits < torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
     # the best logit becomes 0 and the others <= 0 (-inf at a tiny temperature: greedy); a temperature below float32's
     # smallest normal would round to 0 in the division and give 0/0
     logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, torch.finfo(logits.dtype).tiny)
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if drop is not None:
+        logits = logits.masked_fill(drop, float("-inf"))
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)

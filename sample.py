@@ -86,6 +86,8 @@ def read_config(argv):
     try:
         cfg, _, _ = configurator.resolve(argv, SampleConfig)
         hf_import.check_init_from(cfg.init_from, ("resume",))
+        if cfg.init_from == "resume":
+            runtime.require_path(cfg.out_dir)
         if cfg.num_samples < 1 or cfg.max_new_tokens < 0 or not cfg.temperature >= 0:  # nan fails >=
             raise configurator.ConfigError("num_samples must be >= 1, max_new_tokens >= 0 and temperature >= 0")
         if cfg.top_k is not None and cfg.top_k < 1:

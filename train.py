@@ -114,7 +114,6 @@ class TrainConfig:
             (self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}"),
             (self.lr_decay_iters >= 0, f"lr_decay_iters must be >= 0, got {self.lr_decay_iters}"),
             (self.max_skipped_steps >= 1, f"max_skipped_steps must be >= 1, got {self.max_skipped_steps}"),
-            (self.dtype in ("auto", "float32", "bfloat16", "float16"), f"unknown dtype {self.dtype!r}"),
             (self.lr_schedule in ("cosine", "linear"), f"lr_schedule must be cosine or linear, not {self.lr_schedule!r}"),
             (self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be stop or skip, not {self.on_nonfinite!r}"),
             (self.ckpt_interval >= 0 and self.keep_last >= 0, "ckpt_interval and keep_last must be >= 0"),

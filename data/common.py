@@ -52,6 +52,32 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
+def output_dir_problem(path, what="out_dir") -> tuple[int, str]:
+    """(exit code, one-line reason) when path cannot be a directory this process writes into, else (0, ""): 2 for an
+    empty or blank setting (an unset shell variable must not mean the working directory), 1 for a file, a symbolic
+    link that leads nowhere, or a place this process cannot write. Creates nothing: a missing directory is judged by
+    its nearest existing parent."""
+    if not str(path).strip():
+        return 2, f"{what} is empty; give the directory to use"
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return 1, f"{what} {path} is a symbolic link that leads nowhere (dangling, or a loop)"
+    if path.exists() and not path.is_dir():
+        return 1, f"{what} {path} is a file, not a directory"
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return 1, f"{what} {path} cannot be created: {existing} is a file"
+    probe = existing / f".write-test-{os.getpid()}"
+    try:  # access() misjudges some mounts and root; a real write does not
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        return 1, f"{what} {path} is not writable ({e.strerror or type(e).__name__})"
+    return 0, ""
+
+
 def pid_alive(pid) -> bool:
     """Whether a process with this id runs on this machine (one owned by another user counts as running)."""
     try:
@@ -490,10 +516,26 @@ def summary_line(out_dir) -> str:
 
 
 def make_parser(script_file: str, description: str):
-    """argparse parser with the --out_dir every prepare script shares (default: the script's own folder)."""
+    """argparse parser with the --out_dir every prepare script shares (default: the script's own folder). Its errors
+    are one `error:` line and exit 2; a --out_dir it cannot write into is refused before any work
+    (output_dir_problem)."""
     import argparse
 
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+        def parse_args(self, *args, **kwargs):
+            parsed = super().parse_args(*args, **kwargs)
+            code, message = output_dir_problem(parsed.out_dir)
+            if code:
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(code)
+            parsed.out_dir = Path(parsed.out_dir)
+            return parsed
+
     here = Path(script_file).resolve().parent
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out_dir", type=Path, default=here, help=f"where the .bin files and meta.json go (default {here})")
+    p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out_dir", default=str(here), help=f"where the .bin files and meta.json go (default {here})")
     return p

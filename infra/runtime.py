@@ -3,9 +3,10 @@ there and float32 on CPU (where fp32 is the fast dtype)."""
 import os
 import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
+
+from data.common import output_dir_problem
 
 
 class Unavailable(ValueError):
@@ -45,28 +46,19 @@ def autocast(device, dtype):
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
-def check_output_dir(path, what="out_dir"):
-    """Raise Unavailable (one line) unless path is, or can become, a directory this process can write into. Creates
-    nothing: a missing directory is judged by its nearest existing parent. An empty or blank path (an unset shell
-    variable) is a configuration error (ValueError), not the working directory."""
+def require_path(path, what="out_dir"):
+    """ValueError (a configuration error) when a path setting is empty or blank: an unset shell variable must not
+    mean the working directory."""
     if not str(path).strip():
-        raise ValueError(f"{what} is empty; give the directory to write into")
-    path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise Unavailable(f"{what} {path} is a symbolic link that leads nowhere (dangling, or a loop)")
-    if path.exists() and not path.is_dir():
-        raise Unavailable(f"{what} {path} is a file, not a directory")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise Unavailable(f"{what} {path} cannot be created: {existing} is a file")
-    probe = existing / f".write-test-{os.getpid()}"
-    try:  # access() misjudges some mounts and root; a real write does not
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise Unavailable(f"{what} {path} is not writable ({e.strerror or type(e).__name__})") from None
+        raise ValueError(output_dir_problem(path, what)[1])
+
+
+def check_output_dir(path, what="out_dir"):
+    """Raise Unavailable (one line) unless path is, or can become, a directory this process can write into; an empty
+    or blank path is a configuration error (ValueError). data.common.output_dir_problem has the rules."""
+    code, message = output_dir_problem(path, what)
+    if code:
+        raise (ValueError if code == 2 else Unavailable)(message)
 
 
 def out_of_memory(e):

@@ -8,7 +8,11 @@ it, {upper} the same text upper-cased (another 39-character vocabulary of the sa
 dataset, {corrupt} {data} with one id in train.bin beyond the vocabulary (same size), {file} a plain file,
 {missing_val} {truncated} {bad_meta} {data} with val.bin deleted, train.bin cut to 1000 bytes, meta.json's dtype
 "uint32", {many_chars} a text of 67,952 distinct characters, {exits} a config file that calls sys.exit(0), {out} a
-path where nothing exists (and nothing may appear).
+path where nothing exists (and nothing may appear), {text} a valid source text, {dangling} a symbolic link to nowhere,
+{looping} one that points at itself, {broken} a run directory whose ckpt.pt is not a checkpoint.
+
+The check classes every entry point that has the option answers alike (device, dtype, the directory it writes, the
+checkpoint it reads) are one table, CHECKS x ENTRY_POINTS.
 """
 import sys
 from dataclasses import dataclass
@@ -34,7 +38,59 @@ EVAL = ["tools/eval.py", "--out_dir={run}", "--device=cpu", "--max_tokens=200"]
 SAMPLE = ["sample.py", "--out_dir={run}", "--device=cpu", "--max_new_tokens=4", "--num_samples=1"]
 BENCH = ["bench.py", "--variants=gpt", "--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=32", "--reps=2",
          "--device=cpu", "--out_dir={out}"]
-DEVICE_TOOLS = {"train": RESUME, "sample": SAMPLE, "eval": EVAL, "bench": BENCH}  # each resolves --device itself
+ANALYSIS = ["tools/analysis.py", "--ckpt={run}", "--device=cpu", "--out_dir={out}"]
+EXPORT = ["tools/export.py", "--out_dir={run}", "--to={out}/hf"]
+PREPARE = ["data/shakespeare_char/prepare.py", "--source={text}", "--out_dir={out}"]
+
+
+@dataclass
+class EntryPoint:
+    argv: list  # a command that would succeed (writing only under {out})
+    writes: str = ""  # the option naming the directory it writes into ("" = writes nothing)
+    device: bool = False  # has --device (and then --dtype, unless it runs in float32 only)
+    dtype: bool = False
+    checkpoint: str = ""  # the option naming the run (or checkpoint) it reads ("" = reads none)
+    blank_is_default: bool = False  # an empty `writes` means its default place, not an error
+
+
+ENTRY_POINTS = {
+    "train": EntryPoint(RESUME, "--out_dir", True, True, "--out_dir"),
+    "sample": EntryPoint(SAMPLE, "", True, True, "--out_dir"),
+    "eval": EntryPoint([*EVAL, "--ckpt={run}/ckpt.pt"], "--out_dir", True, True, "--ckpt"),
+    "bench": EntryPoint(BENCH, "--out_dir", True, True),
+    "analysis": EntryPoint(ANALYSIS, "--out_dir", True, False, "--ckpt", blank_is_default=True),
+    "export": EntryPoint(EXPORT, "--to", checkpoint="--out_dir", blank_is_default=True),
+    "prepare": EntryPoint(PREPARE, "--out_dir"),
+}
+# check class -> (which entry points have it, the option's value, exit code, fragment of the error line)
+CHECKS = {
+    "--device=foo": ("device", "--device=foo", 2, "device must be auto, cpu, cuda or cuda:<index>"),
+    "--device=cuda without CUDA": ("device", "--device=cuda", 1, "CUDA is not available here"),
+    "--dtype=foo": ("dtype", "--dtype=foo", 2, "dtype must be auto, float32, bfloat16, float16"),
+    "--dtype=float16 on CPU": ("dtype", "--dtype=float16", 2, "dtype=float16 on CPU"),
+    "{writes}=<a file>": ("writes", "{file}", 1, "is a file, not a directory"),
+    "{writes}=<read-only>": ("writes", "/sys/bad_inputs_run", 1, "is not writable"),
+    "{writes}=<a dangling link>": ("writes", "{dangling}", 1, "is a symbolic link that leads nowhere"),
+    "{writes}=<a looping link>": ("writes", "{looping}", 1, "is a symbolic link that leads nowhere"),
+    "{writes}='' (an unset variable)": ("writes", "", 2, "is empty"),
+    "{checkpoint}=<no checkpoint there>": ("checkpoint", "{out}", 1, "not found"),
+    "{checkpoint}=<a corrupt checkpoint>": ("checkpoint", "{broken}", 1, "is unreadable"),
+}
+
+
+def check_matrix():
+    """Every entry point x every check class it has: the command with the one bad value, its exit code, its message."""
+    cases = []
+    for check, (has, value, code, message) in CHECKS.items():
+        for name, entry in ENTRY_POINTS.items():
+            option = getattr(entry, has)
+            if not option or (has == "writes" and not value and entry.blank_is_default):
+                continue
+            flag = value if has in ("device", "dtype") else f"{option}={value}"
+            what = f"{name} " + check.format(writes=option, checkpoint=option)
+            cases.append(Case(what, [*entry.argv, flag], code, message))
+    return cases
+
 
 # optimizer settings train.py refuses before anything is written (also run by tests/test_train_validation.py)
 OPTIMIZER = [
@@ -53,10 +109,7 @@ OPTIMIZER = [
 
 CASES = [
     # configuration
-    *[Case(f"{tool} --device=foo", [*argv, "--device=foo"], 2, "device must be auto, cpu, cuda or cuda:<index>")
-      for tool, argv in DEVICE_TOOLS.items()],
-    Case("eval --dtype=foo", [*EVAL, "--dtype=foo"], 2, "dtype must be auto, float32, bfloat16, float16"),
-    Case("bench --dtype=foo", [*BENCH, "--dtype=foo"], 2, "dtype must be auto, float32, bfloat16, float16"),
+    *check_matrix(),
     Case("bench --batch_size=0", [*BENCH, "--batch_size=0"], 2, "batch_size, n_layer, n_head, n_embd and vocab_size"),
     Case("train: a config file that calls sys.exit(0)", [*RESUME, "{exits}"], 2, "called sys.exit(0)"),
     Case("train --init_from=resum (a typo)", [*TRAIN, "--init_from=resum"], 2, "did you mean 'resume'?"),
@@ -81,14 +134,6 @@ CASES = [
     Case("train --init_from=gpt2 on char data", [*TRAIN, "--init_from=gpt2", "--out_dir={out}"], 2,
          "holds GPT-2 weights, whose ids are GPT-2 BPE tokens"),
     # files, data and devices
-    *[Case(f"{tool} --device=cuda without CUDA", [*argv, "--device=cuda"], 1, "CUDA is not available here")
-      for tool, argv in DEVICE_TOOLS.items()],
-    Case("train --out_dir=<a file>", [*TRAIN, "--out_dir={file}"], 1, "is a file, not a directory"),
-    Case("train --out_dir=<read-only>", [*TRAIN, "--out_dir=/sys/bad_inputs_run"], 1, "is not writable"),
-    Case("eval --out_dir=<a file>", [*EVAL, "--out_dir={file}", "--ckpt={run}/ckpt.pt"], 1,
-         "is a file, not a directory"),
-    Case("bench --out_dir=<a file> (checked before benchmarking)", [*BENCH, "--out_dir={file}"], 1,
-         "is a file, not a directory"),
     Case("train --init_from=resume, val.bin missing", [*RESUME, "--data_dir={missing_val}"], 1,
          "val.bin not found but meta.json lists split 'val'"),
     Case("train --init_from=resume, train.bin truncated", [*RESUME, "--data_dir={truncated}"], 1,

@@ -25,7 +25,8 @@ def workspace(shakespeare_dir, tmp_path_factory):
     places = {"data": root / "data", "run": root / "run", "upper": root / "upper", "bytes": root / "bytes",
               "corrupt": root / "corrupt", "file": root / "a_file", "many_chars": root / "many.txt",
               "exits": root / "exits.py", "out": root / "never_written", "missing_val": root / "missing_val",
-              "truncated": root / "truncated", "bad_meta": root / "bad_meta"}
+              "truncated": root / "truncated", "bad_meta": root / "bad_meta", "text": root / "upper.txt",
+              "dangling": root / "dangling", "looping": root / "looping", "broken": root / "broken"}
     for name in ("data", "missing_val", "truncated", "bad_meta"):
         shutil.copytree(shakespeare_dir, places[name])
     (places["missing_val"] / "val.bin").unlink()
@@ -47,6 +48,10 @@ def workspace(shakespeare_dir, tmp_path_factory):
     places["file"].write_text("not a directory\n")
     places["many_chars"].write_text("".join(chr(c) for c in range(0x100, 0x100 + 70_000) if not 0xD800 <= c < 0xE000))
     places["exits"].write_text("import sys\nsys.exit(0)\n")
+    places["dangling"].symlink_to(root / "nowhere")
+    places["looping"].symlink_to(places["looping"])
+    places["broken"].mkdir()
+    (places["broken"] / "ckpt.pt").write_text("not a checkpoint\n")
     run([a.format(**places) for a in TRAIN])
     assert (places["run"] / "ckpt.pt").is_file()
     return root, places

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for python tools/<name>.py
-from infra import checkpoint, configurator, hf_import, loader, rundir
+from infra import checkpoint, configurator, hf_import, loader, rundir, runtime
 from infra.runtime import fail
 import variants
 from data.common import DataError, fsync_dir, get_tokenizer, remove_dead_temporaries
@@ -156,8 +156,7 @@ def write_tokenizer(directory, variant, config, meta):
 # ---- the directory ------------------------------------------------------------------------------------------------
 
 def check_target(to, overwrite, ckpt_path):
-    if to.exists() and not to.is_dir():
-        raise configurator.ConfigError(f"--to={to} is a file, not a directory")
+    runtime.check_output_dir(to, "--to")  # a file, a link to nowhere, a place this process cannot write: exit 1
     if to.resolve() in ckpt_path.resolve().parents:
         raise configurator.ConfigError(f"--to={to} holds the checkpoint {ckpt_path}; choose another directory")
     if to.is_dir() and any(to.iterdir()) and not overwrite:
@@ -209,12 +208,13 @@ def write_directory(to, fill):
 def read_config(argv):
     try:
         cfg, _, _ = configurator.resolve(argv, ExportConfig)
+        runtime.require_path(cfg.out_dir)
         to = Path(cfg.to) if cfg.to else Path(cfg.out_dir) / "hf"
         path = Path(cfg.out_dir) / cfg.ckpt
         check_target(to, cfg.overwrite, path)
         return path, to
-    except configurator.ConfigError as e:
-        fail(e, 2)
+    except (configurator.ConfigError, ValueError) as e:
+        fail(e, 1 if isinstance(e, runtime.Unavailable) else 2)
 
 
 def main(argv):
