@@ -428,9 +428,16 @@ def build_from_checkpoint(cfg, requested, explicit, meta, data_dir, ckpt_path):
             fail(f"{key}={getattr(requested, key)!r} differs from the checkpoint's {saved[key]!r}", 2)
     try:
         check_same_vocabulary(ckpt.get("data_meta") or {}, meta, ckpt_path, data_dir)
-        # the settings a resume may change, checked with the saved architecture they join
-        type(requested)(**{**saved, "dropout": requested.dropout, "attn_impl": requested.attn_impl}).validate()
-    except (DataError, TypeError, ValueError) as e:
+    except DataError as e:
+        fail(e, 2)
+    try:  # the settings a resume may change, checked with the saved architecture they join
+        joined = type(requested)(**{**saved, "dropout": requested.dropout, "attn_impl": requested.attn_impl})
+    except TypeError:
+        joined = None  # a saved config that does not fit its variant: checkpoint.build_model names it (exit 1)
+    try:
+        if joined is not None:
+            joined.validate()
+    except ValueError as e:
         fail(e, 2)
     model = checkpoint.build_model(ckpt, variants.get, ckpt_path, weights="sharded_path" not in ckpt,
                                    dropout=requested.dropout, attn_impl=requested.attn_impl)
