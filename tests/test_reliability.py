@@ -36,9 +36,13 @@ def train_losses(out_dir):
     return losses
 
 
+# every part of a comparison runs with the same threads (the environment's, else 2): bits depend on them
+THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+
+
 def run_until(args, pattern, sig):
     """Start a command, wait until its output shows `pattern`, send `sig`; return (returncode, output)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **THREADS)
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     out = []
@@ -59,7 +63,7 @@ def digest(path):
 def reference(shakespeare_dir, tmp_path_factory):
     """The uninterrupted run every interrupted one is compared with."""
     out = tmp_path_factory.mktemp("reference")
-    run(args_for(shakespeare_dir, out), env={"OMP_NUM_THREADS": "2"})
+    run(args_for(shakespeare_dir, out), env=THREADS)
     return train_losses(out)
 
 
@@ -70,7 +74,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(shakespeare_dir, tmp_path, refe
     stopped = re.search(r"preempted by SIGTERM: checkpoint of iter (\d+) written to", output)
     assert stopped, output
     assert max(train_losses(out)) == int(stopped[1]) - 1 < 29  # it finished the step it was in, then stopped
-    run(args_for(shakespeare_dir, out, "--init_from=resume"), env={"OMP_NUM_THREADS": "2"})
+    run(args_for(shakespeare_dir, out, "--init_from=resume"), env=THREADS)
     resumed = train_losses(out)
     assert sorted(resumed) == sorted(reference) == list(range(30))
     assert resumed == reference  # bit-identical, step by step
@@ -85,7 +89,7 @@ def test_sigkill_resumes_exactly_from_the_last_interval_checkpoint(shakespeare_d
     assert last % 5 == 0 and 15 <= last < 30
     assert sorted(p.name for p in out.glob("ckpt_*.pt")) == [f"ckpt_{last - 5:08d}.pt", f"ckpt_{last:08d}.pt"]
     run(args_for(shakespeare_dir, out, "--init_from=resume", "--ckpt_interval=5", "--keep_last=2"),
-        env={"OMP_NUM_THREADS": "2"})
+        env=THREADS)
     assert train_losses(out) == reference
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # the steps the killed run logged after its last checkpoint were dropped, not repeated

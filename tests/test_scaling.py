@@ -147,13 +147,13 @@ def test_one_loader_opens_a_file_a_sharded_folder_and_a_run_directory(ckpt_copy,
     in_run = loader.open_model(tmp_path, variants.get)  # no ckpt.pt there: the folder an FSDP run wrote
     assert in_run.path == ckpt_copy and folder.ckpt["variant"] == "gpt"
     scaling.consolidate(ckpt_copy, tmp_path / "one.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not found"):  # neither a file nor a folder of that name
+        loader.open_model(tmp_path / "nothing.pt", variants.get)
     monkeypatch.setattr(scaling, "load_checkpoint", lambda *a, **kw: pytest.fail("a file read as a sharded folder"))
     one = loader.open_model(tmp_path / "one.pt", variants.get, dropout=0.0)
     for opened in (in_run, one):
         assert W.same(folder.model.state_dict(), opened.model.state_dict())
     assert one.model.config.dropout == 0.0 and one.objective is variants.get("gpt").objective
-    with pytest.raises(checkpoint.CheckpointError, match="not found"):
-        loader.open_model(tmp_path / "nothing.pt", variants.get)
 
 
 def test_consolidate_command(ckpt_copy, tmp_path, capsys):
