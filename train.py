@@ -501,6 +501,9 @@ class Trainer:
             scaling.shard_model(model, device.type, mixed_precision=mixed, compile=cfg.compile)
         self.optimizer = make_optimizer(model, cfg, device.type)  # over the sharded parameters
         self.iter_num, self.best_val_loss = 0, float("inf")
+        # cumulative training cost, logged with every eval and kept across resumes: FLOPs of every rank's
+        # forward + backward, and seconds spent in training steps (evals and checkpoints excluded)
+        self.train_flops, self.train_s = 0.0, 0.0
         if ckpt is not None:
             self.load_state(model, ckpt)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
@@ -527,6 +530,8 @@ class Trainer:
         if rng is not None:  # None after a change of world size: every micro-step reseeds anyway
             set_rng_states(rng)
         self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        # None: a checkpoint without the count; train() assumes every earlier step cost what the next one does
+        self.train_flops, self.train_s = ckpt.get("train_flops"), ckpt.get("train_s", 0.0)
 
     def micro_index(self, it, micro):
         """Global micro-batch index: N ranks x M micro-steps draw what one process x N*M micro-steps would."""
@@ -578,6 +583,7 @@ class Trainer:
         """Write ckpt (or best): one file from rank 0, or under FSDP a folder every rank writes its shards into."""
         state = {"variant": self.cfg.variant, "model_args": asdict(self.raw_model.config),
                  "iter_num": self.iter_num, "best_val_loss": self.best_val_loss, "eval_done": eval_done,
+                 "train_flops": self.train_flops, "train_s": self.train_s,
                  "sampler": {"seed": self.cfg.seed, "next_iter": self.iter_num},
                  "config": self.resolved, "data_meta": self.meta}
         if self.sharded_ckpt:
@@ -609,7 +615,8 @@ class Trainer:
         if master:
             shown = " ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith(("loss", "bpc", "ppl")))
             print(f"step {self.iter_num}: {shown}")
-            self.log.write({"iter": self.iter_num, "kind": "eval", "lr": lr, **results,
+            self.log.write({"iter": self.iter_num, "kind": "eval", "lr": lr, "train_flops": self.train_flops,
+                            "train_s": self.train_s, **results,
                             **{f"model/{k}": v for k, v in model_metrics.items()}})
         improved = results["val/loss"] < self.best_val_loss  # the same on every rank: results are all-reduced
         self.best_val_loss = min(self.best_val_loss, results["val/loss"])
@@ -678,8 +685,9 @@ class Trainer:
         # here. Under FSDP every rank runs the counting forward, because a forward is a collective there.
         step_flops, peak, mean_dt = None, None, None
         if master or self.sharded:
-            step_flops = 3 * self.accum * flops.count(self.raw_model, lambda: self.objective.logits(self.raw_model,
-                                                                                                    batch), 1)["total"]
+            step_flops = flops.training_step_flops(self.raw_model, self.objective, batch, self.accum)
+            if self.train_flops is None:
+                self.train_flops = step_flops * self.ranks.world * self.iter_num
         if master:
             peak = flops.peak_flops(self.device, self.dtype)
         while True:
@@ -697,6 +705,9 @@ class Trainer:
             t0 = time.time()  # the step alone: evaluations and checkpoints are not part of dt, MFU or the ETA
             lossf, grad_norm, nonfinite, preempted, batch = self.optimizer_step(batch, preemption)
             dt = time.time() - t0
+            self.train_s += dt
+            if step_flops is not None:
+                self.train_flops += step_flops * self.ranks.world
             if master:
                 mean_dt = dt if mean_dt is None or self.iter_num == start_iter + 1 else 0.9 * mean_dt + 0.1 * dt
             if self.iter_num % cfg.log_interval == 0 and master:

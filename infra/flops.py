@@ -80,6 +80,12 @@ def flops_per_token(model, T):
     return count(model, lambda: model(idx), T)
 
 
+def training_step_flops(model, objective, batch, micro_steps=1):
+    """FLOPs of one optimizer step of one rank: forward and backward (twice the forward) of its micro-batches, each
+    like `batch` (the objective's own layout: duo's interleaving, MLM masking, documents)."""
+    return 3 * micro_steps * count(model, lambda: objective.logits(model, batch), 1)["total"]
+
+
 def layer_flops_per_token(attn, T):
     """One attention layer with its projections, per token of a length-T sequence."""
     linears = sum(2 * m.weight.numel() for m in attn.modules() if isinstance(m, nn.Linear))

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "results" / "compare"))
 import compare  # noqa: E402
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TIMING = ("dt_ms", "tokens_per_s", "mfu", "eta_s")  # wall-clock fields: the only ones a resumed run may change
+TIMING = ("dt_ms", "tokens_per_s", "mfu", "eta_s", "train_s")  # wall-clock fields: the only ones a resumed run may change
 
 
 def drive(out, *extra):

@@ -58,6 +58,27 @@ def test_resume_continues_from_the_checkpoint(trained, shakespeare_dir, tmp_path
     assert torch.load(copy / "ckpt.pt", weights_only=True)["iter_num"] == 70
 
 
+def test_train_flops_accumulate_across_resume(trained, shakespeare_dir, tmp_path):
+    """Every eval logs the training FLOPs and step seconds spent so far: 3x the forward FLOPs of a batch_size x
+    block_size batch per step; a resumed run counts on from its checkpoint."""
+    import variants
+    from infra import flops, loader
+    out, _ = trained
+    copy = tmp_path / "resumed"
+    copy.mkdir()
+    for name in ("ckpt.pt", "metrics.jsonl"):
+        (copy / name).write_bytes((out / name).read_bytes())
+    train(shakespeare_dir, copy, "--init_from=resume", "--max_iters=70", "--lr_decay_iters=60", "--eval_interval=10")
+    evals = {e["iter"]: e for e in metrics(copy, "eval")}
+    model = loader.open_model(copy / "ckpt.pt", variants.get).model
+    per_step = 3 * 8 * 32 * flops.flops_per_token(model, 32)["total"]
+    assert sorted(evals) == [0, 30, 60, 70]
+    for it, e in evals.items():
+        assert e["train_flops"] == pytest.approx(per_step * it, rel=1e-12)
+    seconds = [evals[it]["train_s"] for it in sorted(evals)]
+    assert seconds[0] == 0 and all(a < b for a, b in zip(seconds, seconds[1:]))
+
+
 def test_scratch_run_never_overwrites_a_checkpoint(trained, shakespeare_dir):
     out, _ = trained
     before = digest(out / "ckpt.pt")
