@@ -1,25 +1,41 @@
 """
-The comparison protocol (issue 16): every causal variant against `gpt`, and the encoders side by side, on tiny
-Shakespeare (characters), at one shape, one token budget and one optimizer recipe, with several seeds each. Then one
-table with error bars and the plots, regenerated from the runs' logs alone.
+The comparison: every causal variant against `gpt` and the encoders against `bert`, on tiny Shakespeare (characters),
+under protocol files (results/compare/protocols/*.toml) that fix the labels, shape, recipe, seeds, learning-rate grid
+and budget rule. Then tables with error bars, the plan with its machine time, and the plots, regenerated from the runs'
+logs alone.
 
-    python results/compare/compare.py                  # the whole protocol into results/compare
-    python results/compare/compare.py --only=gpt,alibi --jobs=1
-    python results/compare/compare.py --mini           # a minutes-long miniature into a temporary folder
-    python results/compare/compare.py --report         # train nothing: the table and plots of the runs done
+    python results/compare/compare.py                              # every standard protocol, in order
+    python results/compare/compare.py --protocol=lr_sweep,tuned    # some of them (a name, or a path to a .toml)
+    python results/compare/compare.py --protocol=equal_tokens --labels=my_variant --out=/tmp/mine
+    python results/compare/compare.py --plan                       # train nothing: every run, done or not, and its time
+    python results/compare/compare.py --report                     # train nothing: tables, plan.md and plots
 
-Options: --out=DIR (default results/compare; --mini: a new temporary folder), --jobs=N train.py processes side by
-side (each on one thread), --seeds=N, --iters=N (the budget; the default is the protocol's), --only=LABEL,... (train
-only these; the table still shows every label with finished runs), --mini, --report.
+Options: --out=DIR (default results/compare), --jobs=N train.py processes side by side on the CPU (one thread each),
+--devices=cuda:0,cuda:1 (one run per device instead), --labels=A,B (only these labels and the baseline; any
+registered variant name is a label with its defaults), --plan, --report.
 
-Each run is `python train.py --key=value...` into <out>/runs/<label>/seed<k>/ (metrics.jsonl, ckpt.pt, train.log,
-wall.jsonl). A run whose metrics.jsonl holds the eval record at max_iters is finished and skipped; one with a ckpt.pt
-continues with --init_from=resume; Ctrl-C (or SIGTERM) checkpoints the running ones (train.py's preemption), so the
-protocol can be spread over several sittings. Afterwards it writes <out>/table.md and table.json, curves.png
-(validation curves against gpt with a seed band), spans.png and spans_<label>_heads.png (adaptive span),
-attention.png and analysis/ (attention entropy and distance per layer of the seed-1 models, tools/analysis.py).
-Paths inside the repository (out_dir, data_dir) are given to train.py and compared relative to the repository root, so
-the committed runs' config.json hold no machine's absolute paths. results/compare/protocol.md says why this scale.
+A protocol file sets labels ("all", a list, or "best_per_family": the baseline and each causal family's best label in
+another protocol), seeds, learning_rates (a list, or "best": each label's best rate in the best_from protocol),
+min_lr_divisor, iters, budget ("tokens": every label runs iters iterations; "flops": a label whose step costs more
+training FLOPs than its baseline's, beyond flops_tolerance, runs floor(iters * baseline FLOPs / its FLOPs), with its own
+warmup and cosine schedule ending there), the shape and recipe tables of train.py keys, and may extend another file.
+
+Each run is `python train.py --key=value...` into <out>/runs/<label>/[lr<rate>_][iters<N>/]seed<k>/ (metrics.jsonl,
+config.json, wall.jsonl; ckpt.pt and train.log stay out of git): the rate and length name the directory, so protocols
+that ask for the same run share it. A run whose metrics.jsonl holds the eval record at its max_iters is finished and
+skipped; one with a ckpt.pt continues with --init_from=resume; Ctrl-C (or SIGTERM) checkpoints the running ones
+(train.py's preemption), so the protocols can be spread over several sittings. A run on disk whose config.json differs
+from what its protocol asks for is refused before anything trains. Runs that wait for another protocol's results
+(a best rate, a family's best label) start once those are in, in the same invocation when it trains them.
+
+Outputs in <out>: table.md and table.json (the verdicts of every protocol side by side, then the detailed table of the
+first protocol with one rate per label), plan.md (every run, its state and machine time), curves.png (validation
+curves against the baseline with a seed band), curves_<protocol>.png for a protocol of another length,
+sweep_<protocol>.png (final loss against the learning rate per family), spans.png and spans_<label>_heads.png
+(adaptive span), attention.png and analysis/ (attention entropy and distance per layer of the seed-1 models,
+tools/analysis.py). Paths inside the repository (out_dir, data_dir) are given to train.py and compared relative to the
+repository root, so the committed runs' config.json hold no machine's absolute paths. results/compare/protocol.md
+gives the design, the machine time and what the results say.
 """
 import argparse
 import json
@@ -29,7 +45,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass
@@ -1113,6 +1128,9 @@ def plot_sweep(v, path):
             style = {"color": "black", "linestyle": "--"} if label == base and family != "baseline" else {}
             ax.plot(*zip(*points), marker="o", label=label, **style)
         ax.set_xscale("log")
+        rates = sorted({lr for label in members for lr in v["labels"][label]["runs"]})
+        ax.set_xticks(rates, [f"{lr:g}" for lr in rates])
+        ax.minorticks_off()
         ax.set(title=family, xlabel="peak learning rate", ylabel="final val loss (seed 1)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
