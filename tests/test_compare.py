@@ -1,6 +1,6 @@
 """results/compare/compare.py end to end on its miniature protocols (mini_sweep: gpt, alibi and duo_predict at two
-learning rates on tiny shapes, at equal FLOPs; mini: each at its best rate, 2 seeds), through the same path as the
-real comparison: the tables agree with what the runs logged, the FLOP budget and the best rate are what the rules
+learning rates on tiny shapes, at equal FLOPs; mini: each at its best rate, 2 seeds; mini_longer: gpt and each
+family's best, twice as long), through the same path as the real comparison: the tables agree with what the runs logged, the FLOP budget and the best rate are what the rules
 say, a run stopped halfway is resumed exactly, a second invocation trains nothing and rewrites the same files, and a
 run trained under other settings is refused. Plus the table's rules (verdict, NSP/SOP chance) on hand-made logs and
 the protocol files' checks."""
@@ -20,7 +20,7 @@ import compare  # noqa: E402
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TIMING = ("dt_ms", "tokens_per_s", "mfu", "eta_s", "train_s")  # wall-clock fields: the only ones a resumed run may change
-MINI = "mini_sweep,mini"
+MINI = "mini_sweep,mini,mini_longer"
 LABELS = ("gpt", "alibi", "duo_predict")
 OUTPUTS = ("table.md", "table.json", "plan.md")
 
@@ -157,12 +157,28 @@ def test_tables_are_computed_from_the_logged_values(mini):
         assert (out / plot).is_file()
     plan = (out / "plan.md").read_text()
     assert "## mini_sweep: 6 of 6 runs done" in plan and "## mini: 6 of 6 runs done" in plan
+    assert "## mini_longer: 3 of 3 runs done" in plan
+
+
+def test_longer_runs_each_familys_best_label_at_its_best_rate(mini):
+    """mini_longer: gpt, and for each family the label with the lowest mean loss in mini (alibi is the only
+    foundational label there, duo_predict the only duo-predict one), twice as long (duo at equal FLOPs)."""
+    out = mini["out"]
+    rows = json.loads((out / "table.json").read_text())["details"]
+    assert list(rows["mini_longer"]["rows"]) == ["gpt", "alibi", "duo_predict"]
+    for label, row in rows["mini_longer"]["rows"].items():
+        assert row["lr"] == rows["mini"]["rows"][label]["lr"] and row["n"] == 1
+        assert row["iters"] == 2 * rows["mini"]["rows"][label]["iters"]
+    assert (out / "curves_mini_longer.png").is_file()
+    line = next(l for l in (out / "table.md").read_text().splitlines() if l.startswith("| alibi |"))
+    assert line.rstrip(" |").split("|")[-1].strip().startswith(("+", "-"))  # its Δ in the last column
 
 
 def test_a_run_stopped_halfway_is_resumed_exactly(mini):
     out = mini["out"]
     assert "start gpt seed1 lr 0.001 20 iters on cpu (resume from its checkpoint" in mini["first"]
-    assert mini["first"].count("(scratch)") == 8  # 6 sweep runs and 3 second seeds, less the resumed one
+    # 6 sweep runs, 3 second seeds and 3 longer runs, less the resumed one
+    assert mini["first"].count("(scratch)") == 11
     resumed = compare.read_records(compare.run_dir_of(out, "gpt", 1, 1e-3, 20))
     strip = [{k: v for k, v in r.items() if k not in TIMING} for r in resumed]
     assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in mini["uninterrupted"]]
@@ -172,7 +188,7 @@ def test_a_run_stopped_halfway_is_resumed_exactly(mini):
 
 def test_second_invocation_skips_finished_runs_and_reproduces_the_tables(mini):
     out = mini["out"]
-    assert "9 of 9 runs finished, 0 to train" in mini["second"]
+    assert "12 of 12 runs finished, 0 to train" in mini["second"]
     assert "start " not in mini["second"]
     assert {name: (out / name).read_text() for name in OUTPUTS} == mini["outputs"]
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.jsonl")} == mini["logs"]

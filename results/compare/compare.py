@@ -270,18 +270,20 @@ def labels_of(proto, out, selected, step_flops, memo):
     if proto["labels"] != "best_per_family":
         return list(proto["labels"]), ""
     source = memo.protocol(proto["best_per_family_from"])
-    families, waiting = {}, ""
-    for label in labels_of(source, out, (), step_flops, memo)[0]:
+    losses = {}
+    for cell in cells_of(source, out, (), step_flops, memo):
+        losses.setdefault(cell.label, []).append(memo.final_loss(cell))
+    families, incomplete = {}, set()
+    for label, found in losses.items():
         family = label_spec(label)[0]
         if family in ("encoders", "baseline") or label == source["baseline"]:
             continue
-        losses = [memo.final_loss(source, cell) for cell in cells_of(source, out, (), step_flops, memo)
-                  if cell.label == label]
-        if not losses or None in losses:
-            waiting = source["name"]
-            continue
-        families.setdefault(family, []).append((statistics.mean(losses), label))
-    return [proto["baseline"], *(min(members)[1] for members in families.values())], waiting
+        if None in found:
+            incomplete.add(family)
+        else:
+            families.setdefault(family, []).append((statistics.mean(found), label))
+    best = [min(members)[1] for family, members in families.items() if family not in incomplete]
+    return [proto["baseline"], *best], source["name"] if incomplete else ""
 
 
 def best_rate(proto, out, label, step_flops, memo):
@@ -291,7 +293,7 @@ def best_rate(proto, out, label, step_flops, memo):
     found = []
     for cell in cells_of(source, out, (label,), step_flops, memo):
         if cell.label == label:
-            loss = memo.final_loss(source, cell)
+            loss = memo.final_loss(cell)
             if loss is None:
                 return None, source["name"]
             found.append((loss, cell.lr))
@@ -334,7 +336,7 @@ class Memo:
             self.protocols[name] = read_protocol(name)
         return self.protocols[name]
 
-    def final_loss(self, proto, cell):
+    def final_loss(self, cell):
         if cell.run_dir is None:
             return None
         if cell.run_dir not in self.losses:
@@ -483,7 +485,7 @@ def run_protocols(protos, out, data_dir, selected, slots, step_flops):
         memo = Memo()
         cells = [c for p in protos for c in cells_of(p, out, selected, step_flops, memo)]
         runs = unique_runs(cells)
-        finished = [c for c in runs if memo.final_loss(None, c) is not None]
+        finished = [c for c in runs if memo.final_loss(c) is not None]
         busy = {info[0].run_dir for info in running.values()}
         todo = [c for c in runs if c not in finished and c.run_dir not in failed and c.run_dir not in busy]
         waiting = [c for c in cells if c.run_dir is None]
@@ -588,7 +590,7 @@ def plan_rows(protos, out, selected, step_flops):
         for cell in cells_of(proto, out, selected, step_flops, memo):
             groups.setdefault((cell.label, cell.lr, cell.iters, cell.waiting), []).append(cell)
         for (label, lr, iters, waiting), cells in groups.items():
-            done = [c for c in cells if memo.final_loss(proto, c) is not None]
+            done = [c for c in cells if memo.final_loss(c) is not None]
             spent = left = 0.0
             unknown = False
             for c in cells:
