@@ -570,7 +570,7 @@ def log_sitting(run_dir, at, t0, returncode):
 
 # ---- the plan --------------------------------------------------------------------------------------------------
 
-REPORTED = ("equal_tokens", "equal_flops", "lr_sweep", "tuned", "longer")  # the default protocols, in this order
+REPORTED = ("equal_tokens", "equal_flops", "lr_sweep", "lr_edge", "tuned", "longer")  # the default protocols, in this order
 
 
 def run_wall_s(run_dir):
@@ -862,7 +862,8 @@ def write_table(table, out):
 # ---- the verdicts across protocols ------------------------------------------------------------------------------
 
 # column titles of the standard protocols; any other protocol is titled by its name
-TITLES = {"equal_tokens": "Δ equal tokens", "equal_flops": "Δ equal FLOPs", "tuned": "Δ at best rates",
+TITLES = {"equal_tokens": "Δ equal tokens", "equal_flops": "Δ equal FLOPs", "lr_edge": "Δ at lr 1e-2 (seed 1)",
+          "tuned": "Δ at best rates",
           "longer": "Δ 4x longer"}
 
 
