@@ -197,6 +197,20 @@ def test_second_invocation_skips_finished_runs_and_reproduces_the_tables(mini):
     assert {name: (out / name).read_text() for name in OUTPUTS} == mini["outputs"]
 
 
+def test_a_protocol_without_analysis_leaves_the_analysis_plots_alone(mini):
+    """Only the protocol marked analysis = true (mini) writes curves.png and the attention analysis; reporting
+    another one alone writes its own curves_<name>.png."""
+    out = mini["out"]
+    kept = {name: (out / name).read_bytes() for name in ("curves.png", "attention.png", "analysis/analysis.json")}
+    result = subprocess.run([sys.executable, str(REPO / "results" / "compare" / "compare.py"),
+                             "--protocol=mini_longer", f"--out={out}", "--report"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert {name: (out / name).read_bytes() for name in kept} == kept
+    assert (out / "curves_mini_longer.png").is_file()
+    drive(out, "--report")  # the tables of all three again, for the tests that read them
+
+
 def test_a_run_trained_under_other_settings_is_refused(mini):
     """A finished run is not reused, nor reported, under settings it was not trained with."""
     out = mini["out"]

@@ -19,6 +19,8 @@ another protocol), seeds, learning_rates (a list, or "best": each label's best r
 min_lr_divisor, iters, budget ("tokens": every label runs iters iterations; "flops": a label whose step costs more
 training FLOPs than its baseline's, beyond flops_tolerance, runs floor(iters * baseline FLOPs / its FLOPs), with its own
 warmup and cosine schedule ending there), the shape and recipe tables of train.py keys, and may extend another file.
+`analysis = true` (not passed on by extends) marks the protocol whose runs get curves.png, the span plots and the
+attention analysis.
 
 Each run is `python train.py --key=value...` into <out>/runs/<label>/[lr<rate>_][iters<N>/]seed<k>/ (metrics.jsonl,
 config.json, wall.jsonl; ckpt.pt and train.log stay out of git): the rate and length name the directory, so protocols
@@ -29,8 +31,8 @@ from what its protocol asks for is refused before anything trains. Runs that wai
 (a best rate, a family's best label) start once those are in, in the same invocation when it trains them.
 
 Outputs in <out>: table.md and table.json (the verdicts of every protocol side by side, then the detailed table of the
-first protocol with one rate per label), plan.md (every run, its state and machine time), curves.png (validation
-curves against the baseline with a seed band), curves_<protocol>.png for a protocol of another length,
+protocol marked analysis, else the first with one rate per label), plan.md (every run, its state and machine time),
+curves.png (validation curves against the baseline with a seed band) and curves_<protocol>.png for the others,
 sweep_<protocol>.png (final loss against the learning rate per family), spans.png and spans_<label>_heads.png
 (adaptive span), attention.png and analysis/ (attention entropy and distance per layer of the seed-1 models,
 tools/analysis.py). Paths inside the repository (out_dir, data_dir) are given to train.py and compared relative to the
@@ -97,7 +99,9 @@ PROTOCOLS = Path(__file__).resolve().parent / "protocols"
 PROTOCOL_KEYS = {"description": str, "extends": str, "labels": (list, str), "baseline": str, "encoder_baseline": str,
                  "seeds": list, "learning_rates": (list, str), "best_from": str, "best_per_family_from": str,
                  "min_lr_divisor": (int, float), "iters": int, "budget": str, "flops_tolerance": (int, float),
-                 "shape": dict, "recipe": dict}
+                 "analysis": bool, "shape": dict, "recipe": dict}
+# keys a file does not pass on to the files that extend it
+OWN_KEYS = ("analysis", "description")
 REQUIRED = ("labels", "baseline", "encoder_baseline", "seeds", "learning_rates", "min_lr_divisor", "iters", "budget",
             "shape", "recipe")
 # keys of a run that the driver sets itself, per run
@@ -130,12 +134,12 @@ def read_protocol(name, seen=()):
     for key, value in data.items():
         if key not in PROTOCOL_KEYS:
             raise ProtocolError(f"{path}: unknown key {key!r}; a protocol sets {', '.join(PROTOCOL_KEYS)}")
-        if not isinstance(value, PROTOCOL_KEYS[key]) or isinstance(value, bool):
+        if not isinstance(value, PROTOCOL_KEYS[key]) or (isinstance(value, bool) and PROTOCOL_KEYS[key] is not bool):
             raise ProtocolError(f"{path}: {key} = {value!r} has the wrong type")
     if "extends" in data:
         if path.stem in seen:
             raise ProtocolError(f"{path}: extends itself through {' -> '.join(seen)}")
-        base = read_protocol(data["extends"], (*seen, path.stem))
+        base = {k: v for k, v in read_protocol(data["extends"], (*seen, path.stem)).items() if k not in OWN_KEYS}
         data = {**base, **{k: v for k, v in data.items() if k not in ("shape", "recipe")},
                 "shape": {**base["shape"], **data.get("shape", {})},
                 "recipe": {**base["recipe"], **data.get("recipe", {})}}
@@ -1177,21 +1181,24 @@ def write_reports(protos, out, selected, step_flops, plan_only=False):
               "Δ against the baseline at the same rate, rate by rate.",
               "- Each label in 'Δ at best rates' runs at its own best rate and the baseline at its own.", ""]
     if single:
-        lines += [markdown(details[single[0]["name"]])]
+        marked = [v for v in single if v["proto"].get("analysis")]
+        lines += [markdown(details[(marked or single)[0]["name"]])]
     (out / "table.md").write_text("\n".join(lines))
     (out / "table.json").write_text(json.dumps({"protocols": {v["name"]: {k: v["proto"][k] for k in v["proto"]
                                                                           if k != "path"} for v in views},
                                                 "verdicts": rows, "details": details}, indent=1) + "\n")
-    if single:
-        labels = [l for l in details[single[0]["name"]]["rows"]]
-        if labels:
-            plot_curves(single[0], labels, out / "curves.png")
-            plot_spans(single[0], out, labels)
-            attention_analysis(single[0], out, labels)
-        for v in single[1:]:
-            done = list(details[v["name"]]["rows"])
-            if v["proto"]["iters"] != single[0]["proto"]["iters"] and done:
-                plot_curves(v, done, out / f"curves_{v['name']}.png")
+    # the protocol marked analysis = true gets curves.png, the span plots and the attention analysis of its seed-1
+    # models; every other protocol with one rate per label gets curves_<name>.png, so no invocation overwrites them
+    for v in single:
+        done = list(details[v["name"]]["rows"])
+        if not done:
+            continue
+        if v["proto"].get("analysis"):
+            plot_curves(v, done, out / "curves.png")
+            plot_spans(v, out, done)
+            attention_analysis(v, out, done)
+        else:
+            plot_curves(v, done, out / f"curves_{v['name']}.png")
     for v in multi:
         plot_sweep(v, out / f"sweep_{v['name']}.png")
     print(f"wrote {out / 'table.md'}, table.json, plan.md and the plots")
