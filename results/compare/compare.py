@@ -525,6 +525,7 @@ def run_protocols(protos, out, data_dir, selected, slots, step_flops):
                         f"FAILED (exit {proc.returncode}); see {cell.run_dir / 'train.log'}"
                     print(f"  {describe(cell)} {why}", flush=True)
                     continue
+                relative_locations(cell.run_dir)
                 walls.append(wall / max(cell.iters - at, 1))
                 runs, finished, todo, waiting = pending()
                 left = sum(c.iters for c in todo) + sum(info[0].iters for info in running.values())
@@ -549,6 +550,17 @@ def check_runs(protos, out, data_dir, selected, step_flops):
     for cell in unique_runs([c for p in protos for c in cells_of(p, out, selected, step_flops, Memo())]):
         check_same_protocol(cell.run_dir, train_args(by_name(protos, cell.protocol), cell.label, cell.seed, cell.lr,
                                                      cell.iters, data_dir, cell.run_dir))
+
+
+def relative_locations(run_dir):
+    """config.json with out_dir and data_dir relative to the repository root where they lie inside it (train.py
+    records data_dir absolute), so a finished run's committed logs hold no machine's paths and a clone anywhere reports
+    them."""
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    fixed = {k: repo_relative(v) if k in LOCATIONS else v for k, v in saved.items()}
+    if fixed != saved:
+        path.write_text(json.dumps(fixed, indent=1) + "\n")
 
 
 def by_name(protos, name):
