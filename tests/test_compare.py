@@ -169,7 +169,13 @@ def test_longer_runs_each_familys_best_label_at_its_best_rate(mini):
     for label, row in rows["mini_longer"]["rows"].items():
         assert row["lr"] == rows["mini"]["rows"][label]["lr"] and row["n"] == 1
         assert row["iters"] == 2 * rows["mini"]["rows"][label]["iters"]
-    assert (out / "curves_mini_longer.png").is_file()
+    assert (out / "curves_mini_longer.png").is_file() and (out / "gaps_mini_longer.png").is_file()
+    step_flops = compare.StepFlops(json.loads((out / "data" / "meta.json").read_text())["vocab_size"])
+    v = compare.view(compare.read_protocol("mini_longer"), out, (), step_flops, compare.Memo())
+    for label in ("alibi", "duo_predict"):  # the gap plot ends at the table's Δ, where gpt ends
+        x, diff, se = compare.gap_curve(v, label)
+        losses = {l: rows["mini_longer"]["rows"][l]["loss"][0] for l in ("gpt", label)}
+        assert x[-1] == 40 and diff[-1] == pytest.approx(losses[label] - losses["gpt"], abs=1e-9)
     line = next(l for l in (out / "table.md").read_text().splitlines() if l.startswith("| alibi |"))
     assert line.rstrip(" |").split("|")[-1].strip().startswith(("+", "-"))  # its Δ in the last column
 

@@ -1031,6 +1031,48 @@ def plot_curves(v, labels, path):
     plt.close(fig)
 
 
+def gap_curve(v, label):
+    """(x, Δ, se): a causal label's validation loss minus its baseline's over training, mean and standard error over
+    seeds. Each eval sits at the same fraction of the baseline's run as of the label's own (a label stopped early at
+    the baseline's FLOPs ends where the baseline does, at the same point of its cosine schedule), in baseline
+    iterations; the baseline's per-seed curves are interpolated linearly there. The last Δ is the table's."""
+    import numpy as np
+    base_steps, base_seeds = eval_curves(v["labels"][v["baseline"]], METRIC)
+    steps, per_seed = eval_curves(v["labels"][label], METRIC)
+    x = np.array(steps) * base_steps[-1] / v["labels"][label]["iters"]
+    own = np.array(per_seed)
+    theirs = np.array([np.interp(x, base_steps, s) for s in base_seeds])
+    se = np.sqrt(sum(a.var(0, ddof=1) / len(a) for a in (own, theirs) if len(a) > 1))
+    return x, own.mean(0) - theirs.mean(0), se
+
+
+def plot_gaps(v, labels, path):
+    """One panel: every causal label's gap_curve against the baseline, past the fast early phase."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    base = v["baseline"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label in labels:
+        if label == base or label_spec(label)[0] == "encoders":
+            continue
+        x, diff, se = gap_curve(v, label)
+        keep = x >= v["proto"]["iters"] // 5
+        n = len(finished(v["labels"][label], only_rate(v["labels"][label])))
+        line, = ax.plot(x[keep], diff[keep], label=f"{label} (n={n})")
+        ax.fill_between(x[keep], (diff - se)[keep], (diff + se)[keep], color=line.get_color(), alpha=0.2)
+    ax.axhline(0, color="black", linestyle="--", linewidth=1)
+    n_base = len(finished(v["labels"][base], only_rate(v["labels"][base])))
+    ax.set(xlabel=f"training progress ({base} iterations; shorter runs scaled to end with {base})",
+           ylabel=f"Δ val loss vs {base} (nats/char)",
+           title=f"{v['name']}: Δ validation loss against {base} (n={n_base}), mean ± se over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_spans(v, out, labels):
     """Adaptive span: learned span (and period) per layer, final value, mean over heads, ± std over seeds, from the
     eval records; plus adaptive_attention_span.plot_spans (every head) of the seed-1 models."""
@@ -1211,6 +1253,8 @@ def write_reports(protos, out, selected, step_flops, plan_only=False):
             attention_analysis(v, out, done)
         else:
             plot_curves(v, done, out / f"curves_{v['name']}.png")
+        if v["proto"]["labels"] == "best_per_family" and v["baseline"] in done:
+            plot_gaps(v, done, out / f"gaps_{v['name']}.png")
     for v in multi:
         plot_sweep(v, out / f"sweep_{v['name']}.png")
     print(f"wrote {out / 'table.md'}, table.json, plan.md and the plots")
