@@ -1,6 +1,7 @@
 """The repository documents itself: the front page stays short, every citation of docs/ in code, configs and reports
 names a section that exists, every relative link resolves, nothing points at a document outside the repository, and
-every command the README shows starts (its script and config files exist and its arguments parse)."""
+every command the README shows starts (its script and config files exist and its arguments parse), and the verdicts
+the README and docs/results.md print are the comparison's (results/compare/table.json)."""
 import re
 import shlex
 import subprocess
@@ -82,3 +83,53 @@ def test_readme_command_starts(words):
         run(args)
     else:
         assert run([*args, "--help"]).stdout.startswith(("usage: python", "usage: "))
+
+
+# the columns of the README's and docs/results.md's verdict tables, and the protocol each one reports
+VERDICT_COLUMNS = {"tuned, equal FLOPs": "tuned", "4x longer": "longer", "equal tokens": "equal_tokens",
+                   "Δ equal tokens": "equal_tokens", "Δ equal FLOPs": "equal_flops", "Δ tuned (headline)": "tuned",
+                   "Δ 4x longer": "longer"}
+DELTA = re.compile(r"([+−-]\d+\.(\d+))(?: ± (\d+\.\d+))?")
+
+
+def markdown_tables(path):
+    """Each table of a markdown file as a list of rows (lists of stripped cells), its header first."""
+    tables, rows = [], []
+    for line in path.read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/results.md"])
+def test_written_verdicts_are_the_comparisons(doc):
+    """Every Δ (and ± se) the verdict tables print is one of results/compare/table.json's, rounded as printed, for a
+    label of that row (a README row is a variant: its labels are the comparison's labels of that variant)."""
+    import json
+    import sys
+    sys.path.insert(0, str(REPO / "results" / "compare"))
+    import compare
+    verdicts = json.loads((REPO / "results" / "compare" / "table.json").read_text())["verdicts"]
+    checked = 0
+    for header, *rows in markdown_tables(REPO / doc):
+        columns = {i: VERDICT_COLUMNS[h] for i, h in enumerate(header) if h in VERDICT_COLUMNS}
+        key = next((i for i, h in enumerate(header) if h in ("variant", "label")), None)
+        if not columns or key is None:
+            continue
+        for row in rows:
+            name = row[key].strip("`")
+            labels = [l for l in verdicts if l == name or compare.label_spec(l)[1] == name]
+            assert labels, f"{doc}: no comparison label for {name}"
+            for i, protocol in columns.items():
+                for value, decimals, se in DELTA.findall(row[i]):
+                    found = [verdicts[l]["protocols"].get(protocol) for l in labels]
+                    printed = {(f"{c['diff']:+.{len(decimals)}f}", f"{c['se']:.{len(decimals)}f}") for c in found if c}
+                    value = value.replace("−", "-")
+                    assert any(v == value and (not se or s == se) for v, s in printed), \
+                        f"{doc}: {name}, {header[i]}: {value} ± {se or '-'} is not in table.json ({sorted(printed)})"
+                    checked += 1
+    assert checked > 20
