@@ -277,6 +277,14 @@ def test_every_protocol_file_reads():
         assert proto["name"] == name and proto["description"]
 
 
+def test_a_slot_frees_when_its_own_run_ends():
+    """--jobs=2 gives two slots named cpu: one busy slot leaves the other free, so a run starts as soon as any ends."""
+    assert compare.free_slots(["cpu", "cpu"], []) == [0, 1]
+    assert compare.free_slots(["cpu", "cpu"], [0]) == [1]
+    assert compare.free_slots(["cpu", "cpu", "cpu"], [2, 0]) == [1]
+    assert compare.free_slots(["cuda:0", "cuda:1"], [1]) == [0]
+
+
 def test_verdict_rule():
     assert compare.verdict(-0.03, 0.01) == "better"
     assert compare.verdict(0.03, 0.01) == "worse"

@@ -477,6 +477,11 @@ def estimate_s(out, cell, step_flops, proto):
     return rate * (cell.iters - min(done, cell.iters))
 
 
+def free_slots(slots, busy):
+    """Indices of the slots no run occupies (slots may repeat a device name: --jobs=2 is cpu, cpu)."""
+    return [i for i in range(len(slots)) if i not in busy]
+
+
 def run_protocols(protos, out, data_dir, selected, slots, step_flops):
     """Train every unfinished run the protocols ask for, one per slot (a device; on a CPU, N one-thread slots).
     Runs waiting for another protocol's results (a best rate, a family's best label) start as soon as those are in.
@@ -501,16 +506,16 @@ def run_protocols(protos, out, data_dir, selected, slots, step_flops):
           f"({', '.join(slots)})" + (f"; {len(waiting)} wait for other results" if waiting else ""), flush=True)
     try:
         while True:
-            free = [s for s in slots if s not in [info[1] for info in running.values()]]
+            free = free_slots(slots, [info[1] for info in running.values()])
             while todo and free:
                 cell, slot = todo.pop(0), free.pop(0)
                 args = train_args(by_name(protos, cell.protocol), cell.label, cell.seed, cell.lr, cell.iters,
-                                  data_dir, cell.run_dir, device=slot)
+                                  data_dir, cell.run_dir, device=slots[slot])
                 check_same_protocol(cell.run_dir, args)
                 at = last_iter(read_records(cell.run_dir)) if (cell.run_dir / "ckpt.pt").is_file() else 0
                 started += 1
                 how = f"resume from its checkpoint; logged up to iter {at}" if at else "scratch"
-                print(f"[{started}] start {describe(cell)} on {slot} ({how})", flush=True)
+                print(f"[{started}] start {describe(cell)} on {slots[slot]} ({how})", flush=True)
                 running[start(args, cell.run_dir)] = (cell, slot, at, time.time())
             if not running:
                 break
